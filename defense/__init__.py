@@ -1,0 +1,1 @@
+"""Label-only serving of a trained model artifact (see DESIGN.md)."""

@@ -1,0 +1,1 @@
+"""TRADES and baseline training, white-box evaluation and artifact export."""

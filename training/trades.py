@@ -1,7 +1,10 @@
 """Training losses: TRADES (Zhang et al., ICML 2019, Algorithm 1) and two baselines.
 
-Every loss has the signature ``loss(model, x, y, cfg) -> (loss, logits_clean)`` and
-leaves the model in train mode, so the training loop treats them alike.
+Every loss has the signature ``loss(model, x, y, cfg, attack_model=None) -> (loss, logits)``
+(``logits``: what the cross-entropy term saw) and leaves the model in train mode, so
+the training loop treats them alike. ``attack_model`` is the same network without the
+DistributedDataParallel wrapper: the inner maximisation needs no weight gradients, so
+it must not start a gradient all-reduce.
 
 TRADES' inner maximisation runs with the model in eval mode (as the reference
 does). Unlike the reference, the clean prediction that is the KL target is computed
@@ -47,13 +50,14 @@ def trades_adversary(model: nn.Module, x: torch.Tensor, probs_clean: torch.Tenso
     return x_adv
 
 
-def trades_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-                cfg: AttackConfig) -> tuple[torch.Tensor, torch.Tensor]:
+def trades_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: AttackConfig,
+                attack_model: nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``CE(f(x), y) + beta * KL(f(x) || f(x'))``; beta = 1/lambda."""
+    attack_model = model if attack_model is None else attack_model
     model.eval()
     with torch.no_grad():
-        probs_clean = F.softmax(model(x).float(), dim=1)
-    x_adv = trades_adversary(model, x, probs_clean, cfg)
+        probs_clean = F.softmax(attack_model(x).float(), dim=1)
+    x_adv = trades_adversary(attack_model, x, probs_clean, cfg)
     model.train()
     logits = model(x)
     logits_adv = model(x_adv)
@@ -62,19 +66,19 @@ def trades_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     return loss, logits
 
 
-def natural_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-                 cfg: AttackConfig) -> tuple[torch.Tensor, torch.Tensor]:
+def natural_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: AttackConfig,
+                 attack_model: nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Plain cross-entropy on clean images (the accuracy-only baseline)."""
     model.train()
     logits = model(x)
     return F.cross_entropy(logits.float(), y), logits
 
 
-def pgd_at_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-                cfg: AttackConfig) -> tuple[torch.Tensor, torch.Tensor]:
+def pgd_at_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: AttackConfig,
+                attack_model: nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Madry et al. PGD adversarial training: cross-entropy on PGD-K examples from a random start."""
     model.eval()
-    x_adv = pgd_attack(model, x, y, cfg.epsilon, cfg.step_size, cfg.steps, cfg.norm, "ce",
+    x_adv = pgd_attack(model if attack_model is None else attack_model, x, y, cfg.epsilon, cfg.step_size, cfg.steps, cfg.norm, "ce",
                        restarts=1)
     model.train()
     logits_adv = model(x_adv)

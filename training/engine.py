@@ -1,0 +1,94 @@
+"""The training epoch and the white-box accuracy evaluation, free of CLI concerns."""
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from training.augment import AugmentPreset
+from training.pgd import pgd_attack
+from training.trades import AttackConfig
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where and how tensors run: device, bf16 autocast, channels_last memory format."""
+
+    device: torch.device
+    bf16: bool = False
+    channels_last: bool = False
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
+
+    def to_input(self, images_u8: torch.Tensor) -> torch.Tensor:
+        """uint8 N x H x W x C (any device) -> float N x C x H x W in [0, 1] on the device."""
+        x = images_u8.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255)
+        return x.contiguous(memory_format=torch.channels_last if self.channels_last
+                            else torch.contiguous_format)
+
+
+def batches(images: torch.Tensor, labels: torch.Tensor, order: list[int] | torch.Tensor,
+            batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Yield ``(uint8 images, labels)`` in ``order``; indices past N wrap (epochs of several views)."""
+    order = torch.as_tensor(order, dtype=torch.long) % len(images)
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        yield images[idx], labels[idx]
+
+
+def train_one_epoch(model: nn.Module, attack_model: nn.Module, loss_fn: Callable, cfg: AttackConfig,
+                    optimizer: torch.optim.Optimizer, scheduler, augment: AugmentPreset,
+                    data: Iterator[tuple[torch.Tensor, torch.Tensor]], num_batches: int,
+                    rt: Runtime, desc: str, progress: bool = True) -> dict[str, float]:
+    """One pass over ``data``: loss, optimiser and per-iteration LR step; returns mean loss, accuracy, img/s."""
+    total_loss = torch.zeros((), device=rt.device)
+    correct = torch.zeros((), device=rt.device, dtype=torch.long)
+    seen = 0
+    start = time.perf_counter()
+    bar = tqdm(data, total=num_batches, desc=desc, disable=not progress, leave=False)
+    for step, (images, labels) in enumerate(bar):
+        x, y = augment(rt.to_input(images)), labels.to(rt.device, non_blocking=True)
+        with rt.autocast():
+            loss, logits = loss_fn(model, x, y, cfg, attack_model)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        total_loss += loss.detach().float() * len(y)  # device-side sums: no sync per step
+        correct += (logits.detach().argmax(1) == y).sum()
+        seen += len(y)
+        if progress and step % 20 == 0:
+            bar.set_postfix(loss=f"{total_loss.item() / seen:.3f}", acc=f"{correct.item() / seen:.3f}",
+                            img_s=f"{seen / (time.perf_counter() - start):.0f}")
+    elapsed = time.perf_counter() - start
+    seen = max(seen, 1)
+    return {"train_loss": total_loss.item() / seen, "train_accuracy": correct.item() / seen,
+            "train_images_per_s": seen / elapsed, "train_seconds": elapsed}
+
+
+def evaluate_accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+                      rt: Runtime, batch_size: int, epsilon: float, step_size: float,
+                      steps: int, norm: str = "linf", loss: str = "ce", restarts: int = 1,
+                      progress: bool = True, desc: str = "eval") -> dict[str, float]:
+    """Clean accuracy and accuracy under PGD-``steps`` (random start, ``restarts`` tries), in fp32."""
+    model.eval()
+    fp32 = Runtime(rt.device, bf16=False, channels_last=rt.channels_last)
+    clean = robust = 0
+    order = torch.arange(len(images))
+    for images_u8, y in tqdm(batches(images, labels, order, batch_size), desc=desc, leave=False,
+                             total=-(-len(images) // batch_size), disable=not progress):
+        x, y = fp32.to_input(images_u8), y.to(rt.device)
+        with torch.no_grad():
+            clean += (model(x).argmax(1) == y).sum().item()
+        if steps > 0:
+            x_adv = pgd_attack(model, x, y, epsilon, step_size, steps, norm, loss, restarts)
+            with torch.no_grad():
+                robust += (model(x_adv).argmax(1) == y).sum().item()
+    n = max(len(images), 1)
+    return {"clean_accuracy": clean / n, "pgd_accuracy": robust / n if steps > 0 else float("nan")}

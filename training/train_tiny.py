@@ -1,0 +1,267 @@
+"""Train a classifier with TRADES (or a natural / PGD-AT baseline), evaluate it, export an artifact.
+
+    python training/train_tiny.py --data /path/to/tiny-imagenet-200            # paper setting
+    python training/train_tiny.py --dataset fashion_mnist --arch small_cnn ...  # CPU-sized
+    torchrun --nproc_per_node 8 training/train_tiny.py ...                    # several GPUs
+
+Every epoch writes an atomic checkpoint and a metrics line; ``--resume`` continues a
+killed run to the same weights. The run ends by exporting ``OUTPUT/artifact``
+(DESIGN.md "Model artifact") with the final white-box metrics.
+Exit codes: 0 done, 2 bad arguments or data, 1 anything else.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DistributedSampler
+
+from defense.artifact import ArtifactError, save_artifact
+from defense.atomic import atomic_write_text
+from training.augment import PRESETS
+from training.checkpoint import load_checkpoint, save_checkpoint, set_rng_state
+from training.data import DATASETS, ImageDataset, load_dataset
+from training.distributed import init_distributed, shutdown
+from training.engine import Runtime, batches, evaluate_accuracy, train_one_epoch
+from training.models import MODELS, create_model
+from training.pgd import NORMS
+from training.tiny_imagenet import DatasetLayoutError
+from training.trades import LOSSES, AttackConfig
+
+CHECKPOINT = "checkpoint.pt"
+METRICS = "metrics.jsonl"
+SUMMARY = "summary.json"
+# Flags that define the run: a resumed run must keep them (others, e.g. --epochs, may change).
+RUN_DEFINING = ("dataset", "arch", "loss", "norm", "epsilon", "step_size", "steps", "beta",
+                "batch_size", "lr", "momentum", "weight_decay", "lr_schedule", "lr_milestones",
+                "lr_decay", "warmup_epochs", "augment", "drop_rate", "seed", "train_images")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    d = p.add_argument_group("data")
+    d.add_argument("--dataset", choices=sorted(DATASETS), default="tiny_imagenet", help="training data set")
+    d.add_argument("--data", type=Path, default=None,
+                   help="data folder (Tiny ImageNet root with wnids.txt; Fashion-MNIST IDX files; "
+                        "Fashion-MNIST defaults to /usr/share/datasets/fashion-mnist)")
+    d.add_argument("--download", action="store_true", help="let torchvision download Fashion-MNIST into --data")
+    d.add_argument("--augment", choices=sorted(PRESETS), default="standard",
+                   help="batched on-device augmentation preset (competition = the 550k-image expanded set)")
+    d.add_argument("--train-images", type=int, default=0, help="use only the first N training images (0 = all)")
+    m = p.add_argument_group("model and loss")
+    m.add_argument("--arch", choices=sorted(MODELS), default="resnet18", help="network architecture")
+    m.add_argument("--drop-rate", type=float, default=None, help="dropout rate (default: the arch's own)")
+    m.add_argument("--loss", choices=sorted(LOSSES), default="trades", help="training loss")
+    m.add_argument("--norm", choices=NORMS, default="linf", help="threat model of the inner maximisation")
+    m.add_argument("--epsilon", type=float, default=0.031, help="perturbation radius in [0,1] pixel scale")
+    m.add_argument("--step-size", type=float, default=0.007, help="inner ascent step size")
+    m.add_argument("--steps", type=int, default=10, help="inner ascent steps K")
+    m.add_argument("--beta", type=float, default=6.0, help="TRADES beta = 1/lambda (robustness weight)")
+    o = p.add_argument_group("optimisation")
+    o.add_argument("--epochs", type=int, default=76, help="training epochs")
+    o.add_argument("--batch-size", type=int, default=128, help="images per step per process")
+    o.add_argument("--lr", type=float, default=0.1, help="peak learning rate (SGD)")
+    o.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+    o.add_argument("--weight-decay", type=float, default=2e-4, help="SGD weight decay")
+    o.add_argument("--lr-schedule", choices=("step", "cosine", "onecycle"), default="step",
+                   help="per-iteration schedule: step decays at --lr-milestones; onecycle warms up then anneals")
+    o.add_argument("--lr-milestones", type=float, nargs="+", default=[0.75, 0.9],
+                   help="step schedule: fractions of training at which the lr is multiplied by --lr-decay")
+    o.add_argument("--lr-decay", type=float, default=0.1, help="step schedule decay factor")
+    o.add_argument("--warmup-epochs", type=float, default=0.0, help="linear warm-up (step and cosine schedules)")
+    o.add_argument("--seed", type=int, default=0, help="seed for weights, data order and attacks")
+    e = p.add_argument_group("evaluation")
+    e.add_argument("--eval-images", type=int, default=1000,
+                   help="held-out test images evaluated after every epoch (0 = skip)")
+    e.add_argument("--final-eval-images", type=int, default=0,
+                   help="test images for the final evaluation stored in the artifact (0 = all, -1 = skip)")
+    e.add_argument("--eval-steps", type=int, default=20, help="PGD steps of the evaluation attack")
+    e.add_argument("--eval-epsilon", type=float, default=None, help="evaluation radius (default: --epsilon)")
+    e.add_argument("--eval-step-size", type=float, default=None,
+                   help="evaluation PGD step size (default: eval epsilon / 10)")
+    e.add_argument("--eval-batch-size", type=int, default=500, help="images per evaluation batch")
+    r = p.add_argument_group("runtime")
+    r.add_argument("--output-dir", type=Path, default=Path("runs/train"),
+                   help="checkpoint, metrics.jsonl, summary.json and artifact/ go here")
+    r.add_argument("--resume", action="store_true", help="continue from OUTPUT/checkpoint.pt if present")
+    r.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:N")
+    r.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                   help="bf16 autocast for training (auto: bf16 on CUDA, fp32 on CPU); evaluation is fp32")
+    r.add_argument("--channels-last", choices=("auto", "on", "off"), default="auto",
+                   help="channels_last memory format (auto: on for CUDA)")
+    r.add_argument("--compile", action="store_true", help="torch.compile the model")
+    r.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0 = torch's default)")
+    r.add_argument("--no-export", action="store_true", help="skip the artifact export at the end")
+    r.add_argument("--no-progress", action="store_true", help="no progress bars (e.g. in logs)")
+    return p
+
+
+def _runtime(args: argparse.Namespace) -> Runtime:
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" \
+        else torch.device(args.device)
+    cuda = device.type == "cuda"
+    bf16 = args.precision == "bf16" or (args.precision == "auto" and cuda)
+    channels_last = args.channels_last == "on" or (args.channels_last == "auto" and cuda)
+    return Runtime(device, bf16, channels_last)
+
+
+def _scheduler(args: argparse.Namespace, optimizer: torch.optim.Optimizer, iters_per_epoch: int):
+    """A per-iteration LR schedule built from torch's own schedulers."""
+    total = args.epochs * iters_per_epoch
+    if args.lr_schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, args.lr, total_steps=total)
+    warmup = round(args.warmup_epochs * iters_per_epoch)
+    if args.lr_schedule == "cosine":
+        main = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(total - warmup, 1))
+    else:
+        milestones = [round(f * total) - warmup for f in args.lr_milestones]
+        main = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, args.lr_decay)
+    if warmup == 0:
+        return main
+    ramp = torch.optim.lr_scheduler.LinearLR(optimizer, 1e-3, 1.0, total_iters=warmup)
+    return torch.optim.lr_scheduler.SequentialLR(optimizer, [ramp, main], milestones=[warmup])
+
+
+def _eval_subset(data: ImageDataset, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A fixed random subset of the test split (the same every epoch and on resume)."""
+    images, labels = torch.from_numpy(data.test_images), torch.from_numpy(data.test_labels)
+    if 0 < n < len(images):
+        idx = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:n]
+        images, labels = images[idx], labels[idx]
+    return images, labels
+
+
+def _evaluate(args, net, data, rt, n, desc) -> dict[str, float]:
+    images, labels = _eval_subset(data, n, args.seed)
+    eps = args.eval_epsilon if args.eval_epsilon is not None else args.epsilon
+    step = args.eval_step_size if args.eval_step_size is not None else eps / 10
+    metrics = evaluate_accuracy(net, images, labels, rt, args.eval_batch_size, eps, step,
+                                args.eval_steps, args.norm, progress=not args.no_progress, desc=desc)
+    metrics.update(eval_images=len(images), eval_attack=f"PGD-{args.eval_steps} {args.norm} "
+                   f"eps={eps:g} step={step:g}")
+    return metrics
+
+
+def train(args: argparse.Namespace) -> dict[str, Any]:
+    """The whole run; returns the summary (also written to OUTPUT/summary.json)."""
+    rt = _runtime(args)
+    ctx = init_distributed(rt.device)
+    if rt.device.type == "cuda":
+        rt = Runtime(torch.device("cuda", ctx.local_rank), rt.bf16, rt.channels_last)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = args.output_dir
+    torch.manual_seed(args.seed)
+    data = load_dataset(args.dataset, args.data, args.download)
+    train_x, train_y = torch.from_numpy(data.train_images), torch.from_numpy(data.train_labels)
+    if args.train_images:
+        train_x, train_y = train_x[:args.train_images], train_y[:args.train_images]
+    height, width, channels = data.input_shape
+    kwargs = {} if args.drop_rate is None else {"drop_rate": args.drop_rate}
+    net = create_model(args.arch, data.num_classes, channels, data.mean, data.std, **kwargs).to(rt.device)
+    if rt.channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    forward = torch.compile(net) if args.compile else net
+    model = DistributedDataParallel(forward) if ctx.enabled else forward
+    cfg = AttackConfig(args.epsilon, args.step_size, args.steps, args.beta, args.norm)
+    augment = PRESETS[args.augment]
+    sampler = DistributedSampler(range(math.ceil(len(train_x) * augment.epoch_multiplier)),
+                                 num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=args.seed)
+    iters_per_epoch = math.ceil(len(sampler) / args.batch_size)
+    optimizer = torch.optim.SGD(net.parameters(), lr=args.lr, momentum=args.momentum,
+                                weight_decay=args.weight_decay)
+    scheduler = _scheduler(args, optimizer, iters_per_epoch)
+    history: list[dict[str, Any]] = []
+    start_epoch = 0
+    if args.resume and (out / CHECKPOINT).is_file():
+        ckpt = load_checkpoint(out / CHECKPOINT)
+        changed = [k for k in RUN_DEFINING if ckpt["args"].get(k) != vars(args).get(k)]
+        if changed:
+            raise ValueError(f"cannot resume {out / CHECKPOINT}: it was trained with different "
+                             + ", ".join(f"--{k.replace('_', '-')} ({ckpt['args'].get(k)!r} there, "
+                                         f"{vars(args).get(k)!r} now)" for k in changed))
+        net.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        set_rng_state(ckpt["rng"])
+        start_epoch, history = ckpt["epoch"], ckpt["history"]
+        if ctx.is_main:
+            print(f"resumed {out / CHECKPOINT} after epoch {start_epoch}", file=sys.stderr)
+    device_x, device_y = train_x.to(rt.device), train_y.to(rt.device)
+    show = ctx.is_main and not args.no_progress
+    for epoch in range(start_epoch, args.epochs):
+        sampler.set_epoch(epoch)
+        order = list(sampler)
+        stats = train_one_epoch(model, forward, LOSSES[args.loss], cfg, optimizer, scheduler, augment,
+                                batches(device_x, device_y, order, args.batch_size), iters_per_epoch,
+                                rt, f"epoch {epoch + 1}/{args.epochs}", show)
+        record = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], **stats}
+        if ctx.is_main:
+            if args.eval_images:
+                record.update(_evaluate(args, net, data, rt, args.eval_images, "eval"))
+            history.append(record)
+            save_checkpoint(out / CHECKPOINT, model=net.state_dict(), optimizer=optimizer.state_dict(),
+                            scheduler=scheduler.state_dict(), epoch=epoch + 1, history=history,
+                            args={k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()})
+            atomic_write_text(out / METRICS, "".join(json.dumps(h) + "\n" for h in history))
+            print(_epoch_line(record), file=sys.stderr)
+        ctx.barrier()
+    summary: dict[str, Any] = {"output_dir": str(out), "epochs": args.epochs, "history": history}
+    if ctx.is_main:
+        if args.final_eval_images >= 0:
+            summary["final"] = _evaluate(args, net, data, rt, args.final_eval_images, "final eval")
+        if not args.no_export:
+            training = {k: getattr(args, k) for k in RUN_DEFINING if k not in ("dataset", "arch")}
+            training.update(epochs=args.epochs, world_size=ctx.world_size,
+                            train_seconds=sum(h["train_seconds"] for h in history))
+            save_artifact(net.float().to("cpu", memory_format=torch.contiguous_format), out / "artifact",
+                          input_shape=(height, width, channels), class_names=data.class_names,
+                          arch=args.arch, dataset=args.dataset, training=training,
+                          metrics=summary.get("final", history[-1] if history else {}))
+            summary["artifact"] = str(out / "artifact")
+        atomic_write_text(out / SUMMARY, json.dumps(summary, indent=2) + "\n")
+    shutdown(ctx)
+    return summary
+
+
+def _epoch_line(r: dict[str, Any]) -> str:
+    line = (f"epoch {r['epoch']}: loss {r['train_loss']:.4f} train-acc {r['train_accuracy']:.4f} "
+            f"{r['train_images_per_s']:.0f} img/s {r['train_seconds']:.0f}s")
+    if "clean_accuracy" in r:
+        line += f" | clean {r['clean_accuracy']:.4f} pgd {r['pgd_accuracy']:.4f} ({r['eval_images']} images)"
+    return line
+
+
+def _print_summary(summary: dict[str, Any]) -> None:
+    final = summary.get("final") or (summary["history"][-1] if summary["history"] else {})
+    seconds = sum(h["train_seconds"] for h in summary["history"])
+    print(f"\n== training done: {summary['epochs']} epochs, {seconds / 60:.1f} min of training ==")
+    if "clean_accuracy" in final:
+        print(f"clean accuracy {final['clean_accuracy']:.4f}  {final['eval_attack']} accuracy "
+              f"{final['pgd_accuracy']:.4f}  on {final['eval_images']} test images")
+    if "artifact" in summary:
+        print(f"artifact: {summary['artifact']}")
+    print(f"metrics: {Path(summary['output_dir']) / METRICS}  summary: {Path(summary['output_dir']) / SUMMARY}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        summary = train(args)
+    except (DatasetLayoutError, ArtifactError, ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if "final" in summary or "artifact" in summary or summary["history"]:
+        _print_summary(summary)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -48,6 +48,24 @@ class Artifact:
         return int(self.manifest["num_classes"])
 
 
+class ExportedModel(nn.Module):
+    """An exported program as an ``nn.Module``; it is frozen in eval mode, so ``train()``/``eval()`` are no-ops.
+
+    (``ExportedProgram.module()`` raises on ``eval()``; code that evaluates any model calls it.)
+    """
+
+    def __init__(self, program: torch.export.ExportedProgram) -> None:
+        super().__init__()
+        self.graph_module = program.module()
+
+    def train(self, mode: bool = True) -> "ExportedModel":
+        self.training = False
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.graph_module(x)
+
+
 def sha256_file(path: Path) -> str:
     """Hex sha256 of a file, read in chunks."""
     digest = hashlib.sha256()
@@ -127,4 +145,4 @@ def load_artifact(art_dir: str | Path, device: str | torch.device = "cpu") -> Ar
     """Verify and load an artifact; the model returns logits for float N x C x H x W in [0, 1]."""
     manifest = read_manifest(art_dir)
     program = torch.export.load(Path(art_dir) / MODEL_FILE)
-    return Artifact(program.module().to(device), manifest)
+    return Artifact(ExportedModel(program).to(device), manifest)

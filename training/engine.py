@@ -74,21 +74,37 @@ def train_one_epoch(model: nn.Module, attack_model: nn.Module, loss_fn: Callable
 
 def evaluate_accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
                       rt: Runtime, batch_size: int, epsilon: float, step_size: float,
-                      steps: int, norm: str = "linf", loss: str = "ce", restarts: int = 1,
-                      progress: bool = True, desc: str = "eval") -> dict[str, float]:
-    """Clean accuracy and accuracy under PGD-``steps`` (random start, ``restarts`` tries), in fp32."""
+                      steps: int, norm: str = "linf", losses: tuple[str, ...] = ("ce",),
+                      restarts: int = 1, progress: bool = True, desc: str = "eval") -> dict[str, float]:
+    """Clean accuracy and accuracy under PGD-``steps`` (random start, ``restarts`` tries) in fp32.
+
+    With several attack ``losses``, ``pgd_accuracy`` is the per-image worst case over them
+    and ``pgd_accuracy_<loss>`` each one's own.
+    """
     model.eval()
     fp32 = Runtime(rt.device, bf16=False, channels_last=rt.channels_last)
-    clean = robust = 0
+    clean = torch.zeros((), dtype=torch.long)
+    robust = {name: torch.zeros((), dtype=torch.long) for name in (*losses, "all")}
     order = torch.arange(len(images))
     for images_u8, y in tqdm(batches(images, labels, order, batch_size), desc=desc, leave=False,
                              total=-(-len(images) // batch_size), disable=not progress):
         x, y = fp32.to_input(images_u8), y.to(rt.device)
         with torch.no_grad():
-            clean += (model(x).argmax(1) == y).sum().item()
-        if steps > 0:
-            x_adv = pgd_attack(model, x, y, epsilon, step_size, steps, norm, loss, restarts)
+            correct = model(x).argmax(1) == y
+        clean += correct.sum().cpu()
+        if steps <= 0:
+            continue
+        for name in losses:
+            x_adv = pgd_attack(model, x, y, epsilon, step_size, steps, norm, name, restarts)
             with torch.no_grad():
-                robust += (model(x_adv).argmax(1) == y).sum().item()
+                survived = model(x_adv).argmax(1) == y
+            robust[name] += survived.sum().cpu()
+            correct &= survived
+        robust["all"] += correct.sum().cpu()
     n = max(len(images), 1)
-    return {"clean_accuracy": clean / n, "pgd_accuracy": robust / n if steps > 0 else float("nan")}
+    result = {"clean_accuracy": clean.item() / n}
+    if steps > 0:
+        result["pgd_accuracy"] = robust["all"].item() / n
+        if len(losses) > 1:
+            result.update({f"pgd_accuracy_{name}": robust[name].item() / n for name in losses})
+    return result

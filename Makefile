@@ -1,0 +1,48 @@
+# Set-up, tests and the main job. `make setup` is idempotent and runs on a clean machine.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+FMNIST := /usr/share/datasets/fashion-mnist
+RUNS ?= runs
+
+# The CPU recipe for Fashion-MNIST (docs/training.md explains each choice).
+FMNIST_RECIPE := --dataset fashion_mnist --arch small_cnn --drop-rate 0 --epsilon 0.1 \
+	--step-size 0.025 --steps 5 --batch-size 128 --lr 0.05 --lr-schedule onecycle \
+	--augment none --precision bf16 --channels-last on --eval-images 1000 --eval-step-size 0.01
+EPOCHS ?= 9
+
+.PHONY: setup data test demo train-fmnist-natural bench clean
+
+setup: $(VENV)/.installed data
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+# Fashion-MNIST from Debian's package where apt can install it; --download elsewhere.
+data:
+	@if [ -f $(FMNIST)/train-images-idx3-ubyte.gz ]; then :; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+		(apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q dataset-fashion-mnist) >/dev/null \
+		|| echo "note: could not install dataset-fashion-mnist; tests do not need it"; \
+	else echo "note: Fashion-MNIST not in $(FMNIST); install dataset-fashion-mnist or pass --data/--download"; fi
+
+test: setup
+	$(PY) -m pytest -q
+
+# Main job (for now): TRADES on Fashion-MNIST on the CPU, white-box evaluation, export.
+demo: setup
+	$(PY) training/train_tiny.py $(FMNIST_RECIPE) --loss trades --beta 6 --epochs $(EPOCHS) \
+		--output-dir $(RUNS)/fmnist-trades --resume
+
+train-fmnist-natural: setup
+	$(PY) training/train_tiny.py $(FMNIST_RECIPE) --loss natural --epochs $(EPOCHS) \
+		--output-dir $(RUNS)/fmnist-natural --resume
+
+bench: setup
+	$(PY) bench/train_step.py
+
+clean:
+	rm -rf $(RUNS) .pytest_cache

@@ -1,0 +1,121 @@
+"""White-box evaluation of a model artifact or a training checkpoint: clean and PGD-k accuracy.
+
+    python training/evaluate.py --model runs/train/artifact
+    python training/evaluate.py --model runs/train/checkpoint.pt --norm l2 --epsilon 0.5
+
+Runs PGD with every loss in ``--losses`` (CE and the CW margin by default), ``--restarts``
+random starts each, and reports each attack's accuracy and the per-image worst case.
+Writes JSON (``--output``, or stdout with ``--json``). Exit codes: 0 done, 2 bad input.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from defense.artifact import MANIFEST_FILE, ArtifactError, load_artifact
+from defense.atomic import atomic_write_text
+from training.checkpoint import load_checkpoint
+from training.data import load_dataset
+from training.engine import Runtime, evaluate_accuracy
+from training.models import create_model
+from training.pgd import LOSSES, NORMS
+from training.tiny_imagenet import DatasetLayoutError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", type=Path, required=True,
+                   help="artifact folder (model.pt2 + manifest.json) or checkpoint.pt from train_tiny.py")
+    p.add_argument("--data", type=Path, default=None, help="data folder (default: the data set's usual place)")
+    p.add_argument("--images", type=int, default=0, help="evaluate the first N test images (0 = all)")
+    p.add_argument("--norm", choices=NORMS, default="linf", help="threat model")
+    p.add_argument("--epsilon", type=float, default=None,
+                   help="radius (default: the training epsilon recorded with the model)")
+    p.add_argument("--step-size", type=float, default=None, help="PGD step size (default: epsilon / 10)")
+    p.add_argument("--steps", type=int, default=20, help="PGD steps")
+    p.add_argument("--restarts", type=int, default=1, help="random restarts per attack")
+    p.add_argument("--losses", nargs="+", choices=sorted(LOSSES), default=["ce", "cw"],
+                   help="attack losses; the worst case over them is reported too")
+    p.add_argument("--batch-size", type=int, default=500, help="images per batch")
+    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:N")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random starts")
+    p.add_argument("--output", type=Path, default=None, help="write the JSON result here")
+    p.add_argument("--json", action="store_true", help="print the JSON result to stdout")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return p
+
+
+def load_model(path: Path, device: torch.device) -> tuple[nn.Module, dict[str, Any]]:
+    """The model and its description (dataset, arch, training settings) from an artifact or checkpoint."""
+    if path.is_dir() or path.name == MANIFEST_FILE:
+        artifact = load_artifact(path if path.is_dir() else path.parent, device)
+        m = artifact.manifest
+        return artifact.model, {"dataset": m["dataset"], "arch": m["arch"], "training": m["training"]}
+    ckpt = load_checkpoint(path)
+    args = ckpt["args"]
+    data = load_dataset(args["dataset"], args["data"])
+    kwargs = {} if args.get("drop_rate") is None else {"drop_rate": args["drop_rate"]}
+    net = create_model(args["arch"], data.num_classes, data.input_shape[2], data.mean, data.std, **kwargs)
+    net.load_state_dict(ckpt["model"])
+    return net.to(device), {"dataset": args["dataset"], "arch": args["arch"], "training": args}
+
+
+def evaluate(args: argparse.Namespace) -> dict[str, Any]:
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" \
+        else torch.device(args.device)
+    torch.manual_seed(args.seed)
+    model, info = load_model(args.model, device)
+    data = load_dataset(info["dataset"], args.data)
+    images, labels = torch.from_numpy(data.test_images), torch.from_numpy(data.test_labels)
+    if args.images:
+        images, labels = images[:args.images], labels[:args.images]
+    eps = args.epsilon if args.epsilon is not None else info["training"].get("epsilon", 0.031)
+    step = args.step_size if args.step_size is not None else eps / 10
+    start = time.perf_counter()
+    metrics = evaluate_accuracy(model, images, labels, Runtime(device), args.batch_size, eps, step,
+                                args.steps, args.norm, tuple(args.losses), args.restarts,
+                                progress=not args.no_progress)
+    return {"model": str(args.model), "dataset": info["dataset"], "arch": info["arch"],
+            "images": len(images), "attack": {"norm": args.norm, "epsilon": eps, "step_size": step,
+                                               "steps": args.steps, "restarts": args.restarts,
+                                               "losses": args.losses},
+            **metrics, "seconds": round(time.perf_counter() - start, 2)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        result = evaluate(args)
+    except (ArtifactError, DatasetLayoutError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    text = json.dumps(result, indent=2)
+    if args.output:
+        atomic_write_text(args.output, text + "\n")
+    if args.json:
+        print(text)
+    else:
+        a = result["attack"]
+        print(f"{result['arch']} on {result['dataset']}, {result['images']} test images")
+        print(f"clean accuracy        {result['clean_accuracy']:.4f}")
+        for name in a["losses"]:
+            key = f"pgd_accuracy_{name}" if len(a["losses"]) > 1 else "pgd_accuracy"
+            if key in result:
+                print(f"PGD-{a['steps']} {name:<3} accuracy {result[key]:.4f}")
+        if "pgd_accuracy" in result:
+            print(f"worst case accuracy   {result['pgd_accuracy']:.4f}  ({a['norm']} eps={a['epsilon']:g} "
+                  f"step={a['step_size']:g}, {a['restarts']} restart(s))")
+        print(f"{result['seconds']:.1f}s" + (f"; JSON: {args.output}" if args.output else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -8,7 +8,7 @@ RUNS ?= runs
 FMNIST_RECIPE := --dataset fashion_mnist --arch small_cnn --drop-rate 0 --epsilon 0.1 \
 	--step-size 0.025 --steps 5 --batch-size 128 --lr 0.05 --lr-schedule onecycle \
 	--augment none --precision bf16 --channels-last on --eval-images 1000 --eval-step-size 0.01
-EPOCHS ?= 9
+EPOCHS ?= 8
 
 .PHONY: setup data test demo train-fmnist-natural bench clean
 

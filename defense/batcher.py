@@ -1,0 +1,152 @@
+"""Dynamic batching: many small concurrent requests become few full model forwards.
+
+One worker thread owns the model, so the forward never runs on the server's event
+loop and never runs twice at once. A batch closes when ``max_batch_size`` images are
+queued or ``max_delay_ms`` after its oldest request arrived, whichever comes first; a
+request larger than a batch is split across consecutive batches. Callers get a
+``concurrent.futures.Future`` (``asyncio.wrap_future`` makes it awaitable), resolved
+with their own labels in their own order.
+"""
+from __future__ import annotations
+
+import collections
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+
+Model = Callable[[torch.Tensor], torch.Tensor]
+
+
+def classify(model: Model, images: np.ndarray, device: str | torch.device = "cpu") -> np.ndarray:
+    """Labels (int64, N) for uint8 N x H x W x C images: float N x C x H x W in [0, 1], argmax of the logits."""
+    with torch.inference_mode():
+        x = torch.from_numpy(images).to(device).permute(0, 3, 1, 2).float().div_(255)
+        return model(x).argmax(dim=1).cpu().numpy()
+
+
+@dataclass(frozen=True)
+class BatchStats:
+    """Cumulative counts since start; the server logs their differences."""
+
+    batches: int = 0
+    images: int = 0
+    largest: int = 0
+
+
+class _Pending:
+    """One submitted request: its images, how many were already taken into batches, its labels."""
+
+    def __init__(self, images: np.ndarray) -> None:
+        self.images = images
+        self.taken = 0
+        self.labels = np.empty(len(images), dtype=np.int64)
+        self.future: Future[np.ndarray] = Future()
+        self.arrived = time.monotonic()
+
+
+class Batcher:
+    """Coalesces :meth:`submit` calls from any thread into model batches run by one worker thread."""
+
+    def __init__(self, model: Model, *, max_batch_size: int = 256, max_delay_ms: float = 2.0,
+                 device: str | torch.device = "cpu") -> None:
+        if max_batch_size < 1 or max_delay_ms < 0:
+            raise ValueError(f"need max_batch_size >= 1 and max_delay_ms >= 0, "
+                             f"got {max_batch_size} and {max_delay_ms}")
+        self._model = model
+        self._device = device
+        self.max_batch_size = max_batch_size
+        self._max_delay_s = max_delay_ms / 1000
+        self._queue: collections.deque[_Pending] = collections.deque()
+        self._queued_images = 0
+        self._closed = False
+        self._cond = threading.Condition()
+        self.stats = BatchStats()
+        self._worker = threading.Thread(target=self._run, name="batcher", daemon=True)
+        self._worker.start()
+
+    def submit(self, images: np.ndarray) -> Future[np.ndarray]:
+        """Queue uint8 N x H x W x C images (N >= 1); the future resolves to their int64 labels."""
+        if images.dtype != np.uint8 or images.ndim != 4 or len(images) == 0:
+            raise ValueError(f"expected a non-empty uint8 N x H x W x C array, got {images.dtype} {images.shape}")
+        pending = _Pending(images)
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("batcher is closed")
+            self._queue.append(pending)
+            self._queued_images += len(images)
+            self._cond.notify()
+        return pending.future
+
+    def close(self) -> None:
+        """Stop taking requests, finish every queued one, then stop the worker."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        self._worker.join()
+
+    def __enter__(self) -> "Batcher":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _run(self) -> None:
+        while (parts := self._next_batch()) is not None:
+            if not parts:
+                continue
+            images = np.concatenate([p.images[start:stop] for p, start, stop in parts])
+            try:
+                labels = classify(self._model, images, self._device)
+            except Exception as err:  # noqa: BLE001 - the callers get the error, the worker lives on
+                for p, _, _ in parts:
+                    if not p.future.done():
+                        p.future.set_exception(err)
+                continue
+            s = self.stats
+            self.stats = BatchStats(s.batches + 1, s.images + len(images), max(s.largest, len(images)))
+            offset = 0
+            for p, start, stop in parts:
+                p.labels[start:stop] = labels[offset:offset + stop - start]
+                offset += stop - start
+                if stop == len(p.images):
+                    p.future.set_result(p.labels)
+
+    def _next_batch(self) -> list[tuple[_Pending, int, int]] | None:
+        """Wait until a batch is due and take its parts; ``None`` once closed and drained."""
+        with self._cond:
+            while not self._queue and not self._closed:
+                self._cond.wait()
+            if not self._queue:
+                return None
+            deadline = self._queue[0].arrived + self._max_delay_s
+            while self._queued_images < self.max_batch_size and not self._closed:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(left)
+            return self._take()
+
+    def _take(self) -> list[tuple[_Pending, int, int]]:
+        """Pop up to ``max_batch_size`` images off the queue front, skipping cancelled or failed requests."""
+        parts, room = [], self.max_batch_size
+        while self._queue and room:
+            p = self._queue[0]
+            # A fresh request is marked running (it can no longer be cancelled) or dropped if it was
+            # cancelled; the rest of a split one is dropped if an earlier part already failed.
+            if p.future.done() if p.taken else not p.future.set_running_or_notify_cancel():
+                self._queue.popleft()
+                self._queued_images -= len(p.images) - p.taken
+                continue
+            stop = min(len(p.images), p.taken + room)
+            parts.append((p, p.taken, stop))
+            room -= stop - p.taken
+            self._queued_images -= stop - p.taken
+            p.taken = stop
+            if stop == len(p.images):
+                self._queue.popleft()
+        return parts

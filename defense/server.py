@@ -1,0 +1,178 @@
+"""The gRPC transport: ``defense.v1.Defense`` plus health and reflection over a :class:`Batcher`.
+
+Why ``grpc.aio`` rather than the thread-pool server: every in-flight Predict is just
+a coroutine awaiting its batch, so thousands of concurrent clients cost no threads,
+and the batch size is bounded by ``max_batch_size`` rather than by a worker-pool size
+(a sync server with N workers can never form a batch of more than N requests). The
+model runs in the batcher's own thread, never on the event loop.
+
+The servicer only translates: bytes -> :func:`decode_images` -> :class:`QueryBudget`
+-> :class:`Batcher` -> labels; each of those is tested on its own without a network.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from dataclasses import dataclass, replace
+
+import grpc
+import numpy as np
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from defense.artifact import Artifact
+from defense.batcher import Batcher, classify
+from defense.budget import QueryBudget
+from defense.validation import ImageSpec, RequestError, decode_images, max_message_bytes
+from proto import defense_pb2, defense_pb2_grpc
+
+SERVICE = defense_pb2.DESCRIPTOR.services_by_name["Defense"].full_name
+log = logging.getLogger("defense.server")
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Serving options; the CLI flags map one-to-one onto these fields."""
+
+    host: str = "0.0.0.0"
+    port: int = 50051
+    max_images_per_request: int = 256
+    max_batch_size: int = 256
+    max_delay_ms: float = 2.0
+    query_budget: int = 0
+    grace_s: float = 10.0
+
+
+@dataclass
+class Counters:
+    """Cumulative traffic, updated on the event loop only; the log line reports differences."""
+
+    requests: int = 0
+    images: int = 0
+    errors: int = 0
+
+
+class DefenseServicer(defense_pb2_grpc.DefenseServicer):
+    """Wire <-> domain: decode and check, charge the budget, batch, answer labels."""
+
+    def __init__(self, artifact: Artifact, max_images: int, batcher: Batcher, budget: QueryBudget) -> None:
+        self._spec = ImageSpec(*artifact.input_shape)
+        self._manifest = artifact.manifest
+        self._max_images = max_images
+        self._batcher = batcher
+        self._budget = budget
+        self.counters = Counters()
+
+    async def ModelInfo(self, request: defense_pb2.ModelInfoRequest,
+                        context: grpc.aio.ServicerContext) -> defense_pb2.ModelInfo:
+        return defense_pb2.ModelInfo(
+            height=self._spec.height, width=self._spec.width, channels=self._spec.channels,
+            num_classes=self._manifest["num_classes"], class_names=self._manifest["class_names"],
+            max_images_per_request=self._max_images,
+            query_budget_total=self._budget.total, query_budget_remaining=self._budget.remaining)
+
+    async def Predict(self, request: defense_pb2.PredictRequest,
+                      context: grpc.aio.ServicerContext) -> defense_pb2.PredictResponse:
+        try:
+            images = decode_images(request.images, self._spec, self._max_images)
+            self._budget.spend(len(images))
+        except RequestError as err:
+            self.counters.errors += 1
+            await context.abort(err.code, err.message)
+        try:
+            labels = await asyncio.wrap_future(self._batcher.submit(images))
+        except Exception:
+            self.counters.errors += 1
+            log.exception("model forward failed")
+            await context.abort(grpc.StatusCode.INTERNAL, "model forward failed; see the server log")
+        self.counters.requests += 1
+        self.counters.images += len(labels)
+        return defense_pb2.PredictResponse(labels=labels.tolist())
+
+
+class DefenseServer:
+    """One served artifact: ``await start()``, ``await warm_up()`` (health turns SERVING), ``await stop()``.
+
+    Must be started and stopped on the same running event loop.
+    """
+
+    def __init__(self, artifact: Artifact, config: ServerConfig, device: str = "cpu") -> None:
+        self.config = config
+        self._artifact = artifact
+        self._device = device
+        self.batcher = Batcher(artifact.model, max_batch_size=config.max_batch_size,
+                               max_delay_ms=config.max_delay_ms, device=device)
+        self.servicer = DefenseServicer(artifact, config.max_images_per_request, self.batcher,
+                                        QueryBudget(config.query_budget))
+        self._health = health.aio.HealthServicer()
+        self._server: grpc.aio.Server | None = None
+
+    async def start(self) -> int:
+        """Listen (health NOT_SERVING until :meth:`warm_up`) and return the bound port."""
+        limit = max_message_bytes(ImageSpec(*self._artifact.input_shape), self.config.max_images_per_request)
+        # so_reuseport off: a second server on a busy port fails instead of silently sharing it
+        server = grpc.aio.server(options=[("grpc.max_receive_message_length", limit), ("grpc.so_reuseport", 0)])
+        defense_pb2_grpc.add_DefenseServicer_to_server(self.servicer, server)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        reflection.enable_server_reflection((SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+        for name in ("", SERVICE):
+            await self._health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        address = f"{self.config.host}:{self.config.port}"
+        try:
+            port = server.add_insecure_port(address)
+        except RuntimeError as err:
+            raise OSError(f"cannot listen on {address}: {err}") from err
+        await server.start()
+        self._server = server
+        return port
+
+    async def warm_up(self) -> None:
+        """One forward at the full batch size (allocations, kernel choice), then report SERVING."""
+        h, w, c = self._artifact.input_shape
+        zeros = np.zeros((self.config.max_batch_size, h, w, c), dtype=np.uint8)
+        await asyncio.to_thread(classify, self._artifact.model, zeros, self._device)
+        for name in ("", SERVICE):
+            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        """Report NOT_SERVING, refuse new calls, let in-flight ones finish (up to the grace period)."""
+        await self._health.enter_graceful_shutdown()
+        if self._server is not None:
+            await self._server.stop(self.config.grace_s if grace_s is None else grace_s)
+        await asyncio.to_thread(self.batcher.close)
+
+    async def log_throughput(self, interval_s: float = 1.0) -> None:
+        """Every ``interval_s``, one line of throughput and errors, only if there was traffic."""
+        counters = self.servicer.counters
+        last, stats, then = replace(counters), self.batcher.stats, time.monotonic()
+        while True:
+            await asyncio.sleep(interval_s)
+            now, now_stats = time.monotonic(), self.batcher.stats
+            images, requests = counters.images - last.images, counters.requests - last.requests
+            errors, batches = counters.errors - last.errors, now_stats.batches - stats.batches
+            if requests or errors:
+                log.info("%.0f images/s, %d requests, %d errors, %d batches (mean %.1f images)",
+                         images / (now - then), requests, errors, batches,
+                         (now_stats.images - stats.images) / max(batches, 1))
+            last, stats, then = replace(counters), now_stats, now
+
+
+async def serve(artifact: Artifact, config: ServerConfig, device: str = "cpu") -> None:
+    """Serve until SIGTERM or SIGINT, then drain in-flight calls and return (the CLI exits 0)."""
+    stopping = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        asyncio.get_running_loop().add_signal_handler(sig, stopping.set)
+    server = DefenseServer(artifact, config, device)
+    port = await server.start()
+    log.info("listening on %s:%d (%s, %s x %s x %s, %d classes, device %s)", config.host, port,
+             artifact.manifest["arch"], *artifact.input_shape, artifact.num_classes, device)
+    await server.warm_up()
+    log.info("model warmed up; SERVING")
+    reporter = asyncio.create_task(server.log_throughput())
+    await stopping.wait()
+    log.info("signal received: draining in-flight calls (grace %.1f s)", config.grace_s)
+    reporter.cancel()
+    await server.stop()
+    log.info("stopped")

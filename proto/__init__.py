@@ -1,0 +1,1 @@
+"""Generated gRPC stubs for ``defense.proto`` (package ``defense.v1``); regenerate with ``proto/generate.py``."""

@@ -1,0 +1,171 @@
+"""The batcher without a network: batches close when full or late, split and reassemble in order."""
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import CancelledError
+
+import numpy as np
+import pytest
+import torch
+
+from defense.artifact import load_artifact, save_artifact
+from defense.batcher import Batcher, classify
+from training.models import create_model
+
+
+class FakeModel:
+    """Logits whose argmax is the image's first pixel mod 10; records every batch size."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.batch_sizes: list[int] = []
+        self.fail = fail
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        self.batch_sizes.append(len(x))
+        if self.fail:
+            raise RuntimeError("model exploded")
+        label = (x[:, 0, 0, 0] * 255).round().long() % 10
+        return torch.nn.functional.one_hot(label, 10).float()
+
+
+def images_with_labels(labels) -> np.ndarray:
+    images = np.zeros((len(labels), 4, 4, 1), dtype=np.uint8)
+    images[:, 0, 0, 0] = labels
+    return images
+
+
+def test_classify_follows_the_pixel_convention():
+    seen = []
+    images = np.arange(2 * 3 * 2 * 3, dtype=np.uint8).reshape(2, 3, 2, 3)  # N x H x W x C
+    classify(lambda x: seen.append(x) or torch.zeros(len(x), 10), images)
+    x = seen[0]
+    assert x.dtype == torch.float32 and x.shape == (2, 3, 3, 2)  # N x C x H x W
+    assert torch.equal(x, torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255)
+
+
+def test_full_batch_closes_before_the_delay():
+    model = FakeModel()
+    with Batcher(model, max_batch_size=8, max_delay_ms=10_000) as batcher:
+        start = time.monotonic()
+        futures = [batcher.submit(images_with_labels([i])) for i in range(8)]
+        assert [f.result(timeout=5)[0] for f in futures] == list(range(8))
+        assert time.monotonic() - start < 5
+    assert model.batch_sizes == [8]
+
+
+def test_partial_batch_closes_after_the_delay():
+    model = FakeModel()
+    with Batcher(model, max_batch_size=100, max_delay_ms=50) as batcher:
+        start = time.monotonic()
+        futures = [batcher.submit(images_with_labels([i])) for i in (3, 4, 5)]
+        assert [f.result(timeout=5)[0] for f in futures] == [3, 4, 5]
+        assert time.monotonic() - start >= 0.045
+    assert model.batch_sizes == [3]
+
+
+def test_large_request_is_split_and_reassembled_in_order():
+    model = FakeModel()
+    labels = np.arange(10) % 10
+    with Batcher(model, max_batch_size=4, max_delay_ms=1) as batcher:
+        assert np.array_equal(batcher.submit(images_with_labels(labels)).result(timeout=5), labels)
+    assert model.batch_sizes == [4, 4, 2]
+    assert batcher.stats.batches == 3 and batcher.stats.images == 10 and batcher.stats.largest == 4
+
+
+def test_requests_share_a_batch_across_a_split():
+    model = FakeModel()
+    with Batcher(model, max_batch_size=4, max_delay_ms=100) as batcher:
+        first = batcher.submit(images_with_labels([1, 2, 3]))
+        second = batcher.submit(images_with_labels([4, 5, 6]))
+        assert first.result(timeout=5).tolist() == [1, 2, 3]
+        # the rest of `second` waits out its delay for company, then goes alone
+        assert second.result(timeout=5).tolist() == [4, 5, 6]
+    assert model.batch_sizes == [4, 2]
+
+
+def test_model_error_reaches_the_callers_and_the_worker_lives_on():
+    model = FakeModel(fail=True)
+    with Batcher(model, max_batch_size=4, max_delay_ms=1) as batcher:
+        with pytest.raises(RuntimeError, match="model exploded"):
+            batcher.submit(images_with_labels([1, 2, 3, 4, 5, 6])).result(timeout=5)
+        model.fail = False
+        assert batcher.submit(images_with_labels([7])).result(timeout=5).tolist() == [7]
+    assert model.batch_sizes == [4, 1]  # the failed request's second part was dropped
+
+
+def test_cancelled_request_is_not_classified():
+    model = FakeModel()
+    with Batcher(model, max_batch_size=4, max_delay_ms=100) as batcher:
+        doomed = batcher.submit(images_with_labels([1, 1]))
+        assert doomed.cancel()
+        assert batcher.submit(images_with_labels([2])).result(timeout=5).tolist() == [2]
+    with pytest.raises(CancelledError):
+        doomed.result()
+    assert model.batch_sizes == [1]
+
+
+def test_close_finishes_queued_requests_without_waiting_out_the_delay():
+    batcher = Batcher(FakeModel(), max_batch_size=64, max_delay_ms=60_000)
+    future = batcher.submit(images_with_labels([9]))
+    start = time.monotonic()
+    batcher.close()
+    assert time.monotonic() - start < 5 and future.result(timeout=0).tolist() == [9]
+    with pytest.raises(RuntimeError, match="closed"):
+        batcher.submit(images_with_labels([1]))
+
+
+@pytest.mark.parametrize("bad", [np.zeros((0, 4, 4, 1), np.uint8), np.zeros((2, 4, 4, 1), np.float32),
+                                 np.zeros((4, 4, 1), np.uint8)])
+def test_submit_refuses_what_is_not_a_uint8_batch(bad):
+    with Batcher(FakeModel()) as batcher, pytest.raises(ValueError, match="uint8 N x H x W x C"):
+        batcher.submit(bad)
+
+
+@pytest.fixture(scope="module")
+def exported_cnn(tmp_path_factory):
+    """The real small CNN as served: exported, saved and loaded back as an artifact.
+
+    Biases are zeroed so that random images get varied labels (an untrained net with biases
+    answers one class for everything), some with logit margins near 1e-6: a sharp test.
+    """
+    torch.manual_seed(0)
+    net = create_model("small_cnn", 10, 1, [0.3], [0.4]).eval()
+    with torch.no_grad():
+        for layer in net.modules():
+            if isinstance(layer, (torch.nn.Conv2d, torch.nn.Linear)):
+                layer.bias.zero_()
+    out = save_artifact(net, tmp_path_factory.mktemp("art"), input_shape=(28, 28, 1),
+                        class_names=[f"c{i}" for i in range(10)], arch="small_cnn",
+                        dataset="fashion_mnist", training={}, metrics={})
+    return load_artifact(out).model
+
+
+def test_same_image_same_label_alone_or_in_any_batch(exported_cnn):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        rng = np.random.default_rng(0)
+        images = rng.integers(0, 256, size=(200, 28, 28, 1), dtype=np.uint8)
+        alone = np.array([classify(exported_cnn, images[i:i + 1])[0] for i in range(len(images))])
+        whole = classify(exported_cnn, images)
+        with Batcher(exported_cnn, max_batch_size=64, max_delay_ms=5) as batcher:
+            bounds = np.unique(np.r_[0, rng.integers(1, 200, size=30), 200])
+            futures = []
+
+            def submit(a: int, b: int) -> None:
+                futures.append((a, batcher.submit(images[a:b])))
+
+            submitters = [threading.Thread(target=submit, args=ab) for ab in zip(bounds[:-1], bounds[1:])]
+            for t in submitters:
+                t.start()
+            for t in submitters:
+                t.join()
+            batched = np.empty(200, np.int64)
+            for a, future in futures:
+                labels = future.result(timeout=30)
+                batched[a:a + len(labels)] = labels
+        assert len(set(alone.tolist())) > 1  # a meaningful check: not one constant label
+        assert np.array_equal(alone, whole) and np.array_equal(alone, batched)
+    finally:
+        torch.set_num_threads(threads)

@@ -1,0 +1,293 @@
+"""The gRPC server end to end on loopback: labels, refusals, budget, batching, health, reflection, SIGTERM."""
+from __future__ import annotations
+
+import asyncio
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+import torch
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from defense.artifact import Artifact, load_artifact, save_artifact
+from defense.batcher import classify
+from defense.cli import main
+from defense.client import BudgetExhaustedError, DefenseClient, ServerUnavailableError
+from defense.server import DefenseServer, ServerConfig
+from proto import defense_pb2, defense_pb2_grpc
+from training.models import create_model
+
+ROOT = Path(__file__).resolve().parent.parent
+SHAPE = (28, 28, 1)
+NBYTES = 28 * 28
+EXPECTED = "784 = 28 x 28 x 1 uint8 HWC"
+INVALID = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class LiveServer:
+    """A :class:`DefenseServer` on 127.0.0.1, any free port, running on its own event-loop thread."""
+
+    def __init__(self, artifact: Artifact, warm: bool = True, **config) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.server = DefenseServer(artifact, ServerConfig(host="127.0.0.1", port=0, **config))
+        self.target = f"127.0.0.1:{self.run(self.server.start())}"
+        if warm:
+            self.run(self.server.warm_up())
+
+    def run(self, coro):
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout=60)
+
+    def close(self) -> None:
+        self.run(self.server.stop(grace_s=0))
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join()
+        self.loop.close()
+
+
+@pytest.fixture(scope="module")
+def artifact_dir(tmp_path_factory) -> Path:
+    """The small CNN, biases zeroed so random images get varied labels (untrained, it answers one class)."""
+    torch.manual_seed(0)
+    net = create_model("small_cnn", 10, 1, [0.3], [0.4]).eval()
+    with torch.no_grad():
+        for layer in net.modules():
+            if isinstance(layer, (torch.nn.Conv2d, torch.nn.Linear)):
+                layer.bias.zero_()
+    return save_artifact(net, tmp_path_factory.mktemp("art") / "artifact", input_shape=SHAPE,
+                         class_names=[f"c{i}" for i in range(10)], arch="small_cnn",
+                         dataset="fashion_mnist", training={"loss": "trades"}, metrics={})
+
+
+@pytest.fixture(scope="module")
+def artifact(artifact_dir) -> Artifact:
+    return load_artifact(artifact_dir)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def live(artifact):
+    server = LiveServer(artifact, max_images_per_request=256, max_batch_size=64, max_delay_ms=5)
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="module")
+def client(live):
+    with DefenseClient(live.target, timeout_s=10) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def stub(live):
+    with grpc.insecure_channel(live.target) as channel:
+        yield defense_pb2_grpc.DefenseStub(channel)
+
+
+def random_images(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, size=(n, *SHAPE), dtype=np.uint8)
+
+
+def assert_good_request_succeeds(stub, artifact) -> None:
+    images = random_images(3, seed=1)
+    reply = stub.Predict(defense_pb2.PredictRequest(images=[im.tobytes() for im in images]), timeout=10)
+    assert list(reply.labels) == classify(artifact.model, images).tolist()
+
+
+def test_predictions_equal_the_in_process_model(client, artifact):
+    images = random_images(100)
+    expected = classify(artifact.model, images)
+    assert len(set(expected.tolist())) > 1
+    labels = client.predict(images)
+    assert labels.dtype == np.int64 and np.array_equal(labels, expected)
+
+
+def test_model_info(client):
+    spec = client.info()
+    assert spec.shape == SHAPE and spec.num_classes == 10 and spec.class_names == tuple(f"c{i}" for i in range(10))
+    assert spec.max_images_per_request == 256 and spec.budget_total == 0 and spec.budget_remaining == -1
+
+
+@pytest.mark.parametrize("images,code,message", [
+    ([b"\0" * NBYTES, b"\0" * 100], INVALID, f"image 1 has 100 bytes; expected {EXPECTED}"),
+    ([b"\0" * (NBYTES + 1)], INVALID, f"image 0 has 785 bytes; expected {EXPECTED}"),
+    ([], INVALID, f"empty request: send 1 to 256 images of {EXPECTED} bytes"),
+    ([b"\0" * NBYTES] * 257, INVALID, f"257 images in one request; at most 256 .*{EXPECTED}"),
+    ([b"\0" * NBYTES] * 400, grpc.StatusCode.RESOURCE_EXHAUSTED, "larger than max"),  # refused by gRPC itself
+], ids=["wrong-length", "one-byte-over", "empty", "too-many", "oversize-message"])
+def test_malformed_request_is_refused_and_the_server_keeps_serving(stub, artifact, images, code, message):
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.Predict(defense_pb2.PredictRequest(images=images), timeout=10)
+    assert caught.value.code() == code
+    assert re.search(message, caught.value.details())
+    assert_good_request_succeeds(stub, artifact)
+
+
+requests = st.one_of(
+    st.lists(st.one_of(st.binary(max_size=2 * NBYTES), st.binary(min_size=NBYTES, max_size=NBYTES)), max_size=6),
+    st.integers(250, 300).map(lambda n: [b"\1" * NBYTES] * n),
+)
+
+
+@settings(max_examples=50, deadline=None)
+@given(images=requests)
+def test_random_requests_get_labels_or_a_clean_refusal(stub, artifact, images):
+    try:
+        reply = stub.Predict(defense_pb2.PredictRequest(images=images), timeout=10)
+    except grpc.RpcError as err:
+        well_formed = 0 < len(images) <= 256 and all(len(im) == NBYTES for im in images)
+        assert not well_formed
+        if err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+            assert len(images) > 256
+        else:
+            assert err.code() == INVALID and EXPECTED in err.details()
+    else:
+        assert len(reply.labels) == len(images) and all(0 <= label < 10 for label in reply.labels)
+    assert_good_request_succeeds(stub, artifact)
+
+
+def test_many_concurrent_clients_are_batched(live, client, artifact):
+    images = random_images(16 * 50, seed=2)
+    expected = classify(artifact.model, images)
+    before = live.server.batcher.stats
+
+    def one_client(t: int) -> list[int]:
+        return [int(client.predict(images[i:i + 1])[0]) for i in range(t * 50, (t + 1) * 50)]
+
+    with ThreadPoolExecutor(16) as pool:
+        labels = [label for chunk in pool.map(one_client, range(16)) for label in chunk]
+    after = live.server.batcher.stats
+    assert labels == expected.tolist()
+    assert after.images - before.images == 800
+    assert after.batches - before.batches < 800, "no two requests ever shared a batch"
+
+
+def test_client_splits_a_large_batch_to_the_server_limit(live, client, artifact):
+    images = random_images(600, seed=3)
+    before = live.server.servicer.counters.requests
+    assert np.array_equal(client.predict(images), classify(artifact.model, images))
+    assert live.server.servicer.counters.requests - before == 3  # 256 + 256 + 88
+
+
+def test_client_checks_shape_and_dtype(client):
+    with pytest.raises(ValueError, match="expected uint8 N x 28 x 28 x 1"):
+        client.predict(np.zeros((2, 28, 28, 3), np.uint8))
+    with pytest.raises(ValueError, match="got float32"):
+        client.predict(np.zeros((2, 28, 28, 1), np.float32))
+    assert client.predict(np.zeros((0, 28, 28, 1), np.uint8)).shape == (0,)
+
+
+def test_client_gives_up_on_an_unreachable_server():
+    with DefenseClient("127.0.0.1:1", timeout_s=0.2, retries=2, backoff_s=0.01) as c:
+        with pytest.raises(ServerUnavailableError) as caught:
+            c.info()
+    assert caught.value.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+
+
+def test_budget_is_spent_per_image_and_refuses_whole_requests(artifact):
+    server = LiveServer(artifact, query_budget=10, max_batch_size=8)
+    try:
+        with DefenseClient(server.target, timeout_s=10) as c:
+            assert (c.info().budget_total, c.info().budget_remaining) == (10, 10)
+            c.predict(random_images(6))
+            assert c.info().budget_remaining == 4
+            with pytest.raises(BudgetExhaustedError, match="5 images requested, 4 of 10 left") as caught:
+                c.predict(random_images(5))
+            assert caught.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert c.info().budget_remaining == 4  # the refused request was not counted
+            c.predict(random_images(4))
+            assert c.info().budget_remaining == 0
+            with pytest.raises(BudgetExhaustedError):
+                c.predict(random_images(1))
+            assert c.health() == "SERVING"
+    finally:
+        server.close()
+
+
+def test_health_is_not_serving_until_warmed_up(artifact):
+    server = LiveServer(artifact, warm=False, max_batch_size=8)
+    try:
+        with DefenseClient(server.target, timeout_s=10) as c:
+            assert c.health() == "NOT_SERVING" and c.health("defense.v1.Defense") == "NOT_SERVING"
+            server.run(server.server.warm_up())
+            assert c.health() == "SERVING" and c.health("defense.v1.Defense") == "SERVING"
+    finally:
+        server.close()
+
+
+def test_health_serving(live):
+    with grpc.insecure_channel(live.target) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        for service in ("", "defense.v1.Defense"):
+            reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=10)
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_reflection_lists_the_service(live):
+    with grpc.insecure_channel(live.target) as channel:
+        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        replies = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]),
+                                            timeout=10)
+        names = {s.name for reply in replies for s in reply.list_services_response.service}
+    assert {"defense.v1.Defense", "grpc.health.v1.Health"} <= names
+
+
+def test_cli_refuses_a_bad_artifact_with_exit_2(artifact_dir, tmp_path, capsys):
+    assert main(["serve", "--model", str(tmp_path)]) == 2
+    assert "not a model artifact" in capsys.readouterr().err
+    for f in artifact_dir.iterdir():
+        (tmp_path / f.name).write_bytes(f.read_bytes())
+    (tmp_path / "model.pt2").write_bytes(b"tampered")
+    assert main(["serve", "--model", str(tmp_path)]) == 2
+    assert "does not match the manifest" in capsys.readouterr().err
+
+
+def test_sigterm_lets_the_in_flight_call_finish_and_exits_0(artifact_dir, artifact):
+    # A long batching delay keeps a one-image call in flight while the signal arrives.
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "defense", "serve", "--model", str(artifact_dir), "--host", "127.0.0.1",
+         "--port", "0", "--max-delay-ms", "1500", "--max-batch-size", "8", "--threads", "1"],
+        cwd=ROOT, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in proc.stderr], daemon=True).start()
+    try:
+        port, deadline = None, time.monotonic() + 60
+        while True:
+            line = lines.get(timeout=max(deadline - time.monotonic(), 0.1))
+            if match := re.search(r"listening on 127\.0\.0\.1:(\d+)", line):
+                port = int(match[1])
+            if "SERVING" in line:
+                break
+        images = random_images(1, seed=4)
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            call = defense_pb2_grpc.DefenseStub(channel).Predict.future(
+                defense_pb2.PredictRequest(images=[images[0].tobytes()]), timeout=30)
+            time.sleep(0.5)  # the call is now waiting in the batcher
+            assert not call.done()
+            proc.send_signal(signal.SIGTERM)
+            assert list(call.result().labels) == classify(artifact.model, images).tolist()
+        assert proc.wait(timeout=30) == 0
+    finally:
+        proc.kill()
+        proc.wait()

@@ -245,3 +245,19 @@ def test_missing_root(tmp_path: Path) -> None:
     with pytest.raises(DatasetLayoutError, match="not found") as caught:
         load(tmp_path / "nowhere")
     assert str(tmp_path / "nowhere") in str(caught.value)
+
+
+def test_training_cli_runs_resnet18_on_tiny_imagenet_layout(root: Path, tmp_path: Path) -> None:
+    """The full path a Tiny ImageNet user takes: layout -> cache -> ResNet-18 at 64x64 -> artifact."""
+    from defense.artifact import load_artifact
+    from training import train_tiny
+
+    code = train_tiny.main(["--data", str(root), "--arch", "resnet18", "--epochs", "1", "--steps", "1",
+                            "--batch-size", "8", "--augment", "competition", "--eval-images", "4",
+                            "--eval-steps", "1", "--final-eval-images", "-1", "--output-dir",
+                            str(tmp_path / "run"), "--no-progress"])
+    assert code == 0
+    manifest = load_artifact(tmp_path / "run" / "artifact").manifest
+    assert manifest["input"] == {"height": 64, "width": 64, "channels": 3}
+    assert manifest["dataset"] == "tiny_imagenet" and manifest["arch"] == "resnet18"
+    assert manifest["class_names"][0].startswith(load(root).class_ids[0])

@@ -10,7 +10,7 @@ FMNIST_RECIPE := --dataset fashion_mnist --arch small_cnn --drop-rate 0 --epsilo
 	--augment none --precision bf16 --channels-last on --eval-images 1000 --eval-step-size 0.01
 EPOCHS ?= 8
 
-.PHONY: setup data test demo train-fmnist-natural bench clean
+.PHONY: setup data test demo check train-fmnist-natural bench clean
 
 setup: $(VENV)/.installed data
 
@@ -36,6 +36,10 @@ test: setup
 demo: setup
 	$(PY) training/train_tiny.py $(FMNIST_RECIPE) --loss trades --beta 6 --epochs $(EPOCHS) \
 		--output-dir $(RUNS)/fmnist-trades --resume
+
+# The submission (crisp.yaml -> the demo's artifact) tested as the competition would, before building the image.
+check: setup
+	$(PY) -m defense check crisp.yaml
 
 train-fmnist-natural: setup
 	$(PY) training/train_tiny.py $(FMNIST_RECIPE) --loss natural --epochs $(EPOCHS) \

@@ -1,4 +1,4 @@
-"""``python -m defense``: subcommands over a model artifact (``serve`` now; room for ``check``)."""
+"""``python -m defense``: serve a model artifact, probe a server's health, check a submission."""
 from __future__ import annotations
 
 import argparse
@@ -9,6 +9,7 @@ from typing import Sequence
 
 import torch
 
+from defense import health
 from defense.artifact import ArtifactError, load_artifact
 from defense.server import ServerConfig, serve
 
@@ -84,16 +85,55 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+class _HelpWithDefaults(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each default except None (there the help says what happens without the option)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
+def _add_health(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser("health", help="probe a server's gRPC health service: exit 0 iff SERVING",
+                            description="Ask a server's grpc.health.v1 service once: exit 0 iff SERVING, 1 otherwise.",
+                            formatter_class=_HelpWithDefaults)
+    health.add_arguments(p)
+    p.set_defaults(run=health.probe)
+
+
+def _add_check(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser("check", help="validate crisp.yaml and test the submission as the competition would",
+                            description="Validate a submission manifest, serve its artifact exactly as its container "
+                            "would and check it. Exit 0: passed; 1: a check failed; 2: invalid manifest or arguments.",
+                            formatter_class=_HelpWithDefaults)
+    p.add_argument("manifest", nargs="?", default="crisp.yaml", help="the submission manifest")
+    p.add_argument("--images", metavar="DIR", default=None,
+                   help="evaluation images: .npy uint8 HWC files + labels.yml (default: 32 built-in random images)")
+    p.add_argument("--json", metavar="PATH", default=None, help="also write the report as JSON here")
+    p.add_argument("--timeout-s", metavar="SECONDS", type=_at_least(1, float), default=120.0,
+                   help="how long the server may take to report SERVING")
+    p.add_argument("--throughput-images", metavar="N", type=_at_least(0), default=512,
+                   help="images classified to measure throughput (0 = skip)")
+    p.set_defaults(run=_check)
+
+
+def _check(args: argparse.Namespace) -> int:
+    from defense.check import main as check  # needs pyyaml and dockerfile-parse, which the server image lacks
+
+    return check(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m defense", description=__doc__,
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_serve(commands)
+    _add_health(commands)
+    _add_check(commands)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv``, set up logging and run the chosen subcommand; returns the exit status."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=getattr(args, "log_level", "WARNING"), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return args.run(args)

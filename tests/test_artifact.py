@@ -71,3 +71,9 @@ def test_missing_or_unreadable_manifest_is_refused(saved, tmp_path):
     (dst / "manifest.json").write_text("{not json")
     with pytest.raises(ArtifactError, match="invalid JSON"):
         load_artifact(dst)
+
+
+def test_artifact_files_are_readable_by_others(saved):
+    """A container's non-root user must be able to read an artifact written by root."""
+    for f in saved[1].iterdir():
+        assert f.stat().st_mode & 0o044 == 0o044, f

@@ -1,0 +1,56 @@
+# defense-server: the label-only gRPC server (`python -m defense serve`) with one model
+# artifact baked in. Only the server's code (defense/, proto/) and its pinned dependency
+# closure (requirements-server.txt + torch) are installed: no training stack.
+#
+#   docker build --build-arg ARTIFACT=runs/fmnist-trades/artifact -t defense-server .
+#   docker run --rm -p 50051:50051 defense-server                  # extra args go to `serve`
+#   python -m defense check crisp.yaml                             # the same command, checked locally
+#
+# CPU by default: TORCH pins the CPU build, from PyTorch's CPU index (TORCH_INDEX).
+#
+# CUDA variant: same base image (a CUDA torch wheel brings its own CUDA runtime libraries;
+# the host needs only the NVIDIA driver and the NVIDIA container toolkit). Install PyPI's
+# default Linux torch build (the CUDA one, several GB), or a cuXYZ build from
+# https://download.pytorch.org/whl/cuXYZ, and serve on the GPU:
+#   docker build --build-arg TORCH=torch==2.13.0 --build-arg TORCH_INDEX= \
+#       --build-arg ARTIFACT=runs/tiny-trades/artifact -t defense-server:cuda .
+#   docker run --rm --gpus all -p 50051:50051 defense-server:cuda --device cuda
+#
+# Without a Docker engine, podman builds and runs this file unchanged: ../shared/CONTAINERS.md
+# (tests/test_container.py follows it).
+FROM python:3.11-slim
+
+ARG TORCH=torch==2.13.0+cpu
+ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
+
+# PATH spelled out: the base image may not define one to extend (and python may live in
+# /usr/bin or /usr/local/bin; the venv's python comes first either way).
+ENV PATH=/opt/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+    PYTHONUNBUFFERED=1
+
+COPY requirements-server.txt /tmp/
+# torch/test (C++ test binaries) and torch/include (headers for building extensions): ~150 MB unused here.
+RUN python3 -m venv /opt/venv \
+    && python -m pip install --no-cache-dir ${TORCH_INDEX:+--extra-index-url "$TORCH_INDEX"} \
+        "$TORCH" -r /tmp/requirements-server.txt \
+    && rm -rf /tmp/requirements-server.txt /opt/venv/lib/python3*/site-packages/torch/test \
+        /opt/venv/lib/python3*/site-packages/torch/include \
+    && groupadd --gid 10001 defense \
+    && useradd --uid 10001 --gid 10001 --create-home --shell /usr/sbin/nologin defense
+
+WORKDIR /opt/defense/app
+COPY proto/ proto/
+COPY defense/ defense/
+
+# The artifact folder (model.pt2 + manifest.json), relative to the build context; root-owned,
+# so the server's user can read the model but not change it.
+ARG ARTIFACT=artifact
+COPY ${ARTIFACT} /opt/defense/model
+
+USER 10001:10001
+EXPOSE 50051
+# defense.health imports grpc only (not torch): a probe costs ~0.3 s and ~45 MB.
+HEALTHCHECK --interval=30s --timeout=10s --start-period=120s --retries=3 \
+    CMD ["python", "-m", "defense.health", "--target", "127.0.0.1:50051", "--timeout-s", "5"]
+ENTRYPOINT ["python", "-m", "defense", "serve", "--model", "/opt/defense/model", "--host", "0.0.0.0", "--port", "50051"]
+CMD ["--device", "cpu"]

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:
@@ -33,3 +34,12 @@ def fmnist_dir(tmp_path_factory) -> Path:
         write_idx(root / f"{prefix}-images-idx3-ubyte.gz", make_images(labels, rng))
         write_idx(root / f"{prefix}-labels-idx1-ubyte.gz", labels)
     return root
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Servers and attacks under test share two cores with their clients: one torch thread each."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -17,12 +17,7 @@ from attacks.lattice import l2, to_unit
 NOISE_START = (BlendedUniformNoise(repeats=20, until_found=True),)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class CountingModel:

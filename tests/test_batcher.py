@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from defense.artifact import load_artifact, save_artifact
+from defense.artifact import load_artifact
 from defense.batcher import Batcher, classify
-from training.models import create_model
+from model_fixtures import make_artifact
 
 
 class FakeModel:
@@ -124,21 +124,8 @@ def test_submit_refuses_what_is_not_a_uint8_batch(bad):
 
 @pytest.fixture(scope="module")
 def exported_cnn(tmp_path_factory):
-    """The real small CNN as served: exported, saved and loaded back as an artifact.
-
-    Biases are zeroed so that random images get varied labels (an untrained net with biases
-    answers one class for everything), some with logit margins near 1e-6: a sharp test.
-    """
-    torch.manual_seed(0)
-    net = create_model("small_cnn", 10, 1, [0.3], [0.4]).eval()
-    with torch.no_grad():
-        for layer in net.modules():
-            if isinstance(layer, (torch.nn.Conv2d, torch.nn.Linear)):
-                layer.bias.zero_()
-    out = save_artifact(net, tmp_path_factory.mktemp("art"), input_shape=(28, 28, 1),
-                        class_names=[f"c{i}" for i in range(10)], arch="small_cnn",
-                        dataset="fashion_mnist", training={}, metrics={})
-    return load_artifact(out).model
+    """The real small CNN as served: exported, saved and loaded back as an artifact."""
+    return load_artifact(make_artifact(tmp_path_factory.mktemp("art") / "artifact")).model
 
 
 def test_same_image_same_label_alone_or_in_any_batch(exported_cnn):

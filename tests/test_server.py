@@ -16,22 +16,20 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from defense.artifact import Artifact, load_artifact, save_artifact
+from defense.artifact import Artifact, load_artifact
 from defense.batcher import classify
 from defense.cli import main
 from defense.client import BudgetExhaustedError, DefenseClient, ServerUnavailableError
 from defense.server import DefenseServer, ServerConfig
+from model_fixtures import SHAPE, make_artifact
 from proto import defense_pb2, defense_pb2_grpc
-from training.models import create_model
 
 ROOT = Path(__file__).resolve().parent.parent
-SHAPE = (28, 28, 1)
 NBYTES = 28 * 28
 EXPECTED = "784 = 28 x 28 x 1 uint8 HWC"
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
@@ -61,16 +59,7 @@ class LiveServer:
 
 @pytest.fixture(scope="module")
 def artifact_dir(tmp_path_factory) -> Path:
-    """The small CNN, biases zeroed so random images get varied labels (untrained, it answers one class)."""
-    torch.manual_seed(0)
-    net = create_model("small_cnn", 10, 1, [0.3], [0.4]).eval()
-    with torch.no_grad():
-        for layer in net.modules():
-            if isinstance(layer, (torch.nn.Conv2d, torch.nn.Linear)):
-                layer.bias.zero_()
-    return save_artifact(net, tmp_path_factory.mktemp("art") / "artifact", input_shape=SHAPE,
-                         class_names=[f"c{i}" for i in range(10)], arch="small_cnn",
-                         dataset="fashion_mnist", training={"loss": "trades"}, metrics={})
+    return make_artifact(tmp_path_factory.mktemp("art") / "artifact")
 
 
 @pytest.fixture(scope="module")
@@ -78,12 +67,7 @@ def artifact(artifact_dir) -> Artifact:
     return load_artifact(artifact_dir)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

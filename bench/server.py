@@ -1,0 +1,424 @@
+"""Serving throughput and latency: the real gRPC server against the same model called in-process.
+
+For each model (random weights, exported into a temporary artifact exactly as training
+does) the bench starts ``python -m defense serve`` as a subprocess on 127.0.0.1 (any free
+port), so the load generator's GIL never competes with the server's. Load comes from one
+``grpc.aio`` client process (this one): N coroutines each keep one single-image Predict in
+flight (closed loop), plus one client sending batches; requests are serialised once and
+replies are not decoded, so the generator costs as little CPU as a Python client can.
+The baseline is the served model itself (``load_artifact``) run in this process with the
+same torch threads: ``classify`` on a full batch (the server's max batch size) and on one
+image, under ``torch.inference_mode``.
+
+Client and server share this machine's cores: the CPU each side used is measured and
+printed per scenario (``cores``), so the figures can be read for what they are.
+
+    python bench/server.py                                  # both models, 1/8/64 clients
+    python bench/server.py --models smallcnn --duration-s 3
+
+Ends with one ``name: value`` line per figure, e.g. ``resnet18 64-clients/in-process ratio: 0.86``.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from defense.artifact import load_artifact, save_artifact
+from defense.atomic import atomic_write_text
+from defense.batcher import classify
+from defense.server import ServerConfig
+from training.models import create_model
+
+ROOT = Path(__file__).resolve().parent.parent
+PREDICT = "/defense.v1.Defense/Predict"
+# bench name -> (registry arch, (height, width, channels), classes, dataset)
+MODELS = {
+    "resnet18": ("resnet18", (64, 64, 3), 200, "tiny_imagenet"),
+    "smallcnn": ("small_cnn", (28, 28, 1), 10, "fashion_mnist"),
+}
+DEFAULTS = ServerConfig()
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+# --- the model and the in-process baseline -----------------------------------------------
+
+def build_artifact(name: str, out_dir: Path) -> Path:
+    """Random-weight model behind its Normalize layer, exported with :func:`save_artifact`."""
+    arch, (h, w, c), classes, dataset = MODELS[name]
+    torch.manual_seed(0)
+    net = create_model(arch, classes, c, [0.5] * c, [0.25] * c).eval()
+    return save_artifact(net, out_dir / name, input_shape=(h, w, c), class_names=[f"c{i}" for i in range(classes)],
+                         arch=arch, dataset=dataset, training={"loss": "none (bench: random weights)"}, metrics={})
+
+
+def busy_cpu_s() -> float:
+    """CPU seconds spent by everything on the machine so far (all cores; /proc/stat, not idle/iowait)."""
+    user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, Path("/proc/stat").read_text().split()[1:9])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+class OtherLoad:
+    """Cores used by processes other than ours over a stretch: measurements with much of it are noise."""
+
+    def __init__(self, ours=time.process_time) -> None:
+        self._ours = ours
+        self._t, self._busy, self._own = time.perf_counter(), busy_cpu_s(), ours()
+
+    def cores(self) -> float:
+        wall = time.perf_counter() - self._t
+        return max(busy_cpu_s() - self._busy - (self._ours() - self._own), 0.0) / wall
+
+
+def time_calls(fn, duration_s: float, min_calls: int, max_calls: int) -> list[float]:
+    """Seconds per call of ``fn``: at least ``min_calls``, then until ``duration_s`` or ``max_calls``."""
+    times: list[float] = []
+    stop = time.perf_counter() + duration_s
+    while len(times) < max_calls and (len(times) < min_calls or time.perf_counter() < stop):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def in_process(model, shape: tuple[int, int, int], batch: int, duration_s: float) -> dict[str, float]:
+    """Images/s of ``classify`` at ``batch`` and the median ms of ``classify`` on one image."""
+    rng = np.random.default_rng(0)
+    full = rng.integers(0, 256, (batch, *shape), dtype=np.uint8)
+    one = full[:1].copy()
+    classify(model, full)  # warm-up: allocations, kernel choice
+    for _ in range(20):
+        classify(model, one)
+    other = OtherLoad()
+    batch_times = time_calls(lambda: classify(model, full), duration_s, 3, 10_000)
+    one_times = time_calls(lambda: classify(model, one), min(duration_s, 3.0), 50, 100_000)
+    return {"other_cores": other.cores(), "images_per_s": batch / statistics.median(batch_times),
+            "batch_ms": statistics.median(batch_times) * 1e3,
+            "batch1_ms": statistics.median(one_times) * 1e3,
+            "batch1_p99_ms": float(np.percentile(one_times, 99)) * 1e3}
+
+
+# --- the server subprocess -------------------------------------------------------------
+
+class ServerProcess:
+    """``python -m defense serve`` on 127.0.0.1, port chosen by the OS, logging to a file."""
+
+    def __init__(self, artifact: Path, log_path: Path, threads: int, max_batch_size: int, max_delay_ms: float,
+                 max_images: int, start_timeout_s: float = 120.0) -> None:
+        self.log_path = log_path
+        cmd = [sys.executable, "-m", "defense", "serve", "--model", str(artifact), "--host", "127.0.0.1",
+               "--port", "0", "--threads", str(threads), "--max-batch-size", str(max_batch_size),
+               "--max-delay-ms", str(max_delay_ms), "--max-images-per-request", str(max_images),
+               "--grace-s", "2"]
+        self._log = open(log_path, "w")
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT, env=os.environ | json.loads(os.environ.get('SERVER_ENV', '{}')))
+        deadline = time.monotonic() + start_timeout_s
+        self.port = None
+        while time.monotonic() < deadline:
+            text = log_path.read_text()
+            if self.port is None and (m := re.search(r"listening on 127\.0\.0\.1:(\d+)", text)):
+                self.port = int(m.group(1))
+            if self.port is not None and "SERVING" in text:
+                return
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        self.close()
+        raise RuntimeError(f"server did not become ready; its log:\n{log_path.read_text()}")
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def cpu_s(self) -> float:
+        """User + system CPU seconds of the server process so far (all its threads)."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def log_offset(self) -> int:
+        return self.log_path.stat().st_size
+
+    def batch_stats(self, start: int, stop: int) -> tuple[int, int]:
+        """(batches, images) from the server's once-a-second log lines between two log offsets."""
+        with open(self.log_path) as f:
+            f.seek(start)
+            text = f.read(max(stop - start, 0))
+        batches = images = 0
+        for m in re.finditer(r"(\d+) batches \(mean ([\d.]+) images\)", text):
+            batches += int(m.group(1))
+            images += round(int(m.group(1)) * float(m.group(2)))
+        return batches, images
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+
+
+# --- the load generator ------------------------------------------------------------------
+
+@dataclass
+class Scenario:
+    """One load pattern's results; rates are exact for closed loops (see :func:`load`)."""
+
+    name: str
+    clients: int
+    images_per_call: int
+    calls: int = 0
+    errors: int = 0
+    images_per_s: float = 0.0
+    p50_ms: float = 0.0
+    p99_ms: float = 0.0
+    mean_ms: float = 0.0
+    client_cores: float = 0.0
+    server_cores: float = 0.0
+    server_mean_batch: float = 0.0
+    other_cores: float = 0.0
+    error_examples: list[str] = field(default_factory=list)
+
+
+async def load(server: ServerProcess, request: bytes, scenario: Scenario, warmup_s: float, duration_s: float,
+               max_calls: int, timeout_s: float) -> None:
+    """``scenario.clients`` coroutines each keep one call in flight for ``warmup_s + duration_s``.
+
+    Calls started in the measured window count. Each client's rate is its images over the time
+    from its first such call's start to its last such call's end (a closed loop: the next call
+    starts when the previous one returns, so this span is whole round trips, however the server
+    groups them into batches); the scenario's rate is the sum over clients. Every loop stops by
+    time and by ``max_calls``; every call has a deadline.
+    """
+    import grpc  # noqa: PLC0415 - grpc only in the load generator
+
+    async with grpc.aio.insecure_channel(server.target, options=[
+            ("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]) as channel:
+        await asyncio.wait_for(channel.channel_ready(), timeout=30)
+        predict = channel.unary_unary(PREDICT)  # bytes in, bytes out: no per-call (de)serialisation
+        begin = time.perf_counter()
+        window = (begin + warmup_s, begin + warmup_s + duration_s)
+        started = 0
+        latencies: list[float] = []
+        rates: list[float] = []
+
+        async def client() -> None:
+            nonlocal started
+            first = last = None
+            calls = 0
+            while started < max_calls and (now := time.perf_counter()) < window[1]:
+                started += 1
+                try:
+                    await predict(request, timeout=timeout_s)
+                except grpc.RpcError as err:
+                    scenario.errors += 1
+                    if len(scenario.error_examples) < 3:
+                        scenario.error_examples.append(f"{err.code().name}: {err.details()}")
+                    await asyncio.sleep(0.01)
+                    continue
+                end = time.perf_counter()
+                if now >= window[0]:
+                    first = now if first is None else first
+                    last = end
+                    calls += 1
+                    latencies.append(end - now)
+            if calls:
+                rates.append(calls * scenario.images_per_call / (last - first))
+
+        async def meter() -> tuple[float, float, float, int, int]:
+            """Wall, client CPU and server CPU over the window; server log offsets around it."""
+            await asyncio.sleep(max(window[0] - time.perf_counter(), 0))
+            t0, c0, s0, o0 = time.perf_counter(), time.process_time(), server.cpu_s(), server.log_offset()
+            other = OtherLoad(lambda: time.process_time() + server.cpu_s())
+            await asyncio.sleep(max(window[1] - time.perf_counter(), 0))
+            t1, c1, s1, foreign = time.perf_counter(), time.process_time(), server.cpu_s(), other.cores()
+            await asyncio.sleep(1.1)  # the server logs batch counts once a second
+            return t1 - t0, c1 - c0, s1 - s0, foreign, o0, server.log_offset()
+
+        results = await asyncio.gather(meter(), *(client() for _ in range(scenario.clients)))
+        wall, client_cpu, server_cpu, scenario.other_cores, o0, o1 = results[0]
+    scenario.calls = len(latencies)
+    scenario.images_per_s = sum(rates)
+    if latencies:
+        ms = np.array(latencies) * 1e3
+        scenario.p50_ms, scenario.p99_ms = float(np.percentile(ms, 50)), float(np.percentile(ms, 99))
+        scenario.mean_ms = float(ms.mean())
+    scenario.client_cores = client_cpu / wall
+    scenario.server_cores = server_cpu / wall
+    batches, images = server.batch_stats(o0, o1)
+    scenario.server_mean_batch = images / batches if batches else 0.0
+
+
+def predict_request(shape: tuple[int, int, int], images: int) -> bytes:
+    """A serialised PredictRequest of random images (fixed seed)."""
+    from proto import defense_pb2  # noqa: PLC0415
+
+    rng = np.random.default_rng(1)
+    batch = rng.integers(0, 256, (images, *shape), dtype=np.uint8)
+    return defense_pb2.PredictRequest(images=[im.tobytes() for im in batch]).SerializeToString()
+
+
+def check_labels(server: ServerProcess, model, shape: tuple[int, int, int]) -> bool:
+    """The server answers what the in-process model answers for the bench's own batch request."""
+    from defense.client import DefenseClient  # noqa: PLC0415
+    from proto import defense_pb2  # noqa: PLC0415
+
+    request = defense_pb2.PredictRequest.FromString(predict_request(shape, 8))
+    images = np.stack([np.frombuffer(b, np.uint8).reshape(shape) for b in request.images])
+    with DefenseClient(server.target, timeout_s=60, retries=2) as client:
+        return bool(np.array_equal(client.predict(images), classify(model, images)))
+
+
+# --- main --------------------------------------------------------------------------------
+
+def bench_model(name: str, args: argparse.Namespace, tmp: Path) -> dict:
+    arch, shape, classes, _ = MODELS[name]
+    log(f"[{name}] exporting a random-weight {arch} ({'x'.join(map(str, shape))}, {classes} classes)")
+    art_dir = build_artifact(name, tmp)
+    model = load_artifact(art_dir).model
+    log(f"[{name}] in-process classify at batch {args.max_batch_size} and 1 ({args.threads} torch threads)")
+    base = in_process(model, shape, args.max_batch_size, args.duration_s)
+    log(f"[{name}]   {base['images_per_s']:.0f} images/s at batch {args.max_batch_size}, "
+        f"batch 1 {base['batch1_ms']:.2f} ms; other processes used {base['other_cores']:.2f} cores")
+    server = ServerProcess(art_dir, tmp / f"{name}-server.log", args.threads, args.max_batch_size,
+                           args.max_delay_ms, max(DEFAULTS.max_images_per_request, args.batch_images))
+    scenarios: list[Scenario] = []
+    try:
+        same = check_labels(server, model, shape)
+        log(f"[{name}] server on {server.target}; labels match in-process: {same}")
+        plans = [(f"{n}-client{'s' if n > 1 else ''}", n, 1) for n in args.clients]
+        if args.batch_images:
+            plans.append((f"batch{args.batch_images}-client", 1, args.batch_images))
+        for label, clients, per_call in plans:
+            scenario = Scenario(label, clients, per_call)
+            log(f"[{name}] {label}: {args.warmup_s:.1f} s warm-up + {args.duration_s:.1f} s ...")
+            asyncio.run(load(server, predict_request(shape, per_call), scenario, args.warmup_s,
+                             args.duration_s, args.max_calls, args.timeout_s))
+            log(f"[{name}]   {scenario.images_per_s:.0f} images/s, p50 {scenario.p50_ms:.2f} ms, "
+                f"p99 {scenario.p99_ms:.2f} ms, {scenario.calls} calls, {scenario.errors} errors, "
+                f"mean server batch {scenario.server_mean_batch:.1f}, "
+                f"cores: server {scenario.server_cores:.2f} client {scenario.client_cores:.2f} "
+                f"other {scenario.other_cores:.2f}")
+            scenarios.append(scenario)
+    finally:
+        server.close()
+    log(f"[{name}] in-process again (drift check)")
+    again = in_process(model, shape, args.max_batch_size, args.duration_s)
+    return {"model": name, "arch": arch, "input": list(shape), "classes": classes, "labels_match": same,
+            "in_process": base, "in_process_after": again, "scenarios": [asdict(s) for s in scenarios]}
+
+
+def summarise(results: list[dict], args: argparse.Namespace) -> list[tuple[str, float]]:
+    figures: list[tuple[str, float]] = []
+    for r in results:
+        name, base, again = r["model"], r["in_process"], r["in_process_after"]
+        # the faster of the two in-process runs is the reference: drift never flatters the server
+        ref = max(base["images_per_s"], again["images_per_s"])
+        one_ms = min(base["batch1_ms"], again["batch1_ms"])
+        print(f"\n{name} ({'x'.join(map(str, r['input']))}, {r['classes']} classes); in-process classify: "
+              f"{base['images_per_s']:.0f} / {again['images_per_s']:.0f} images/s at batch "
+              f"{args.max_batch_size} (before / after), batch 1 {base['batch1_ms']:.2f} / "
+              f"{again['batch1_ms']:.2f} ms; other processes: {base['other_cores']:.2f} / "
+              f"{again['other_cores']:.2f} cores")
+        print(f"  {'scenario':<18}{'images/s':>10}{'ratio':>8}{'p50 ms':>10}{'p99 ms':>10}{'calls':>8}"
+              f"{'errors':>7}{'batch':>7}{'server':>8}{'client':>8}{'other':>7}")
+        figures.append((f"{name} in-process images/s", ref))
+        figures.append((f"{name} in-process batch1 ms", one_ms))
+        for s in r["scenarios"]:
+            ratio = s["images_per_s"] / ref
+            print(f"  {s['name']:<18}{s['images_per_s']:>10.0f}{ratio:>8.2f}{s['p50_ms']:>10.2f}"
+                  f"{s['p99_ms']:>10.2f}{s['calls']:>8}{s['errors']:>7}{s['server_mean_batch']:>7.1f}"
+                  f"{s['server_cores']:>8.2f}{s['client_cores']:>8.2f}{s['other_cores']:>7.2f}")
+            figures += [(f"{name} {s['name']} images/s", s["images_per_s"]),
+                        (f"{name} {s['name']} p50 ms", s["p50_ms"]),
+                        (f"{name} {s['name']} p99 ms", s["p99_ms"]),
+                        (f"{name} {s['name']}/in-process ratio", ratio)]
+        figures.append((f"{name} other-processes cores max", max(
+            [base["other_cores"], again["other_cores"]] + [s["other_cores"] for s in r["scenarios"]])))
+        single = next((s for s in r["scenarios"] if s["clients"] == 1 and s["images_per_call"] == 1), None)
+        if single:
+            figures.append((f"{name} batch1 added latency ms", single["p50_ms"] - one_ms))
+        if not r["labels_match"] or any(s["errors"] for s in r["scenarios"]):
+            print("  WARNING: errors or label mismatch; see the JSON")
+    return figures
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--models", default="resnet18,smallcnn",
+                   help=f"comma-separated models to bench, from: {', '.join(MODELS)}")
+    p.add_argument("--duration-s", type=float, default=5.0,
+                   help="measured seconds per load scenario (and per in-process timing)")
+    p.add_argument("--warmup-s", type=float, default=1.0, help="unmeasured seconds of load before each scenario")
+    p.add_argument("--clients", default="1,8,64",
+                   help="comma-separated counts of concurrent single-image clients, one scenario each")
+    p.add_argument("--batch-images", type=int, default=64,
+                   help="images per call of the one batching client (0 = skip that scenario)")
+    p.add_argument("--max-batch-size", type=int, default=DEFAULTS.max_batch_size,
+                   help="server --max-batch-size, and the batch of the in-process reference")
+    p.add_argument("--max-delay-ms", type=float, default=DEFAULTS.max_delay_ms, help="server --max-delay-ms")
+    p.add_argument("--threads", type=int, default=min(os.cpu_count() or 1, 2),
+                   help="torch intra-op threads, in the server and the in-process reference alike")
+    p.add_argument("--max-calls", type=int, default=500_000, help="cap on calls per scenario (besides time)")
+    p.add_argument("--timeout-s", type=float, default=60.0, help="deadline of every call")
+    p.add_argument("--json", type=Path, default=None, help="also write every figure to this JSON file")
+    args = p.parse_args(argv)
+    names = [n.strip() for n in args.models.split(",") if n.strip()]
+    unknown = sorted(set(names) - set(MODELS))
+    if unknown or not names:
+        p.error(f"--models: unknown {', '.join(unknown) or '(none given)'}; choose from {', '.join(MODELS)}")
+    args.clients = [int(c) for c in args.clients.split(",") if c.strip()]
+    if any(c < 1 for c in args.clients) or args.max_batch_size < 1 or args.threads < 1 or args.batch_images < 0:
+        p.error("--clients, --max-batch-size and --threads must be >= 1, --batch-images >= 0")
+    torch.set_num_threads(args.threads)
+
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.machine())
+    machine = f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}"
+    load1 = os.getloadavg()[0]
+    log(f"machine: {machine}; load average (1 min) before: {load1:.2f}")
+    if load1 > 0.5:
+        log("note: the machine is not idle; the figures will be noisy")
+    results = []
+    with tempfile.TemporaryDirectory(prefix="bench-server-") as tmp:
+        for name in names:
+            results.append(bench_model(name, args, Path(tmp)))
+
+    print(f"\nServer vs in-process on {machine}: server and load generator share the machine's cores;\n"
+          f"{args.threads} torch threads, max batch {args.max_batch_size}, max delay {args.max_delay_ms} ms; "
+          f"ratio = server images/s / in-process images/s at batch {args.max_batch_size}")
+    figures = summarise(results, args)
+    if args.json:
+        atomic_write_text(args.json, json.dumps({
+            "machine": machine, "load_average_before": load1, "args": {k: v for k, v in vars(args).items()
+                                                                        if k != "json"},
+            "results": results, "figures": dict(figures)}, indent=2) + "\n")
+    print()
+    for name, value in figures:
+        print(f"{name}: {value:.2f}" if abs(value) < 1000 else f"{name}: {value:.0f}")
+    ok = all(r["labels_match"] and not any(s["errors"] for s in r["scenarios"]) for r in results)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

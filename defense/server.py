@@ -23,7 +23,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from defense.artifact import Artifact
-from defense.batcher import Batcher, classify
+from defense.batcher import Batcher
 from defense.budget import QueryBudget
 from defense.validation import ImageSpec, RequestError, decode_images, max_message_bytes
 from proto import defense_pb2, defense_pb2_grpc
@@ -129,10 +129,15 @@ class DefenseServer:
         return port
 
     async def warm_up(self) -> None:
-        """One forward at the full batch size (allocations, kernel choice), then report SERVING."""
+        """One forward at the full batch size (allocations, kernel choice), then report SERVING.
+
+        It runs through the batcher, on the thread that runs every forward: an OpenMP team started
+        from any other thread makes libgomp count more threads than cores and stop spinning, which
+        made every later forward on 2 cores about twice as slow (docs/benchmarks.md, bench/server.py).
+        """
         h, w, c = self._artifact.input_shape
         zeros = np.zeros((self.config.max_batch_size, h, w, c), dtype=np.uint8)
-        await asyncio.to_thread(classify, self._artifact.model, zeros, self._device)
+        await asyncio.wrap_future(self.batcher.submit(zeros))
         for name in ("", SERVICE):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
 

@@ -40,7 +40,10 @@ class ServerConfig:
     port: int = 50051
     max_images_per_request: int = 256
     max_batch_size: int = 256
-    max_delay_ms: float = 2.0
+    # 0: a batch is whatever is queued when the model is free; requests that arrive during a forward
+    # still share the next one. Waiting 2 ms added ~2 ms to every lone request and, in closed-loop
+    # load of 8 or 64 clients, gave no measurable throughput (bench/server.py, docs/benchmarks.md).
+    max_delay_ms: float = 0.0
     query_budget: int = 0
     grace_s: float = 10.0
 

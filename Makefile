@@ -4,10 +4,8 @@ PY := $(VENV)/bin/python
 FMNIST := /usr/share/datasets/fashion-mnist
 RUNS ?= runs
 
-# The CPU recipe for Fashion-MNIST (docs/training.md explains each choice).
-FMNIST_RECIPE := --dataset fashion_mnist --arch small_cnn --drop-rate 0 --epsilon 0.1 \
-	--step-size 0.025 --steps 5 --batch-size 128 --lr 0.05 --lr-schedule onecycle \
-	--augment none --precision bf16 --channels-last on --eval-images 1000 --eval-step-size 0.01
+# The CPU recipe for Fashion-MNIST (training/train_tiny.py RECIPES; docs/training.md explains each choice).
+FMNIST_RECIPE := --recipe fmnist-cpu
 EPOCHS ?= 8
 
 .PHONY: setup data test demo check train-fmnist-natural bench clean

@@ -126,3 +126,11 @@ def test_evaluate_reports_ce_cw_and_worst_case(fmnist_dir, tmp_path, capsys):
     assert result["pgd_accuracy"] <= min(result["pgd_accuracy_ce"], result["pgd_accuracy_cw"])
     assert result["pgd_accuracy_ce"] <= result["clean_accuracy"]
     assert "worst case accuracy" in capsys.readouterr().out
+
+
+def test_recipe_sets_defaults_and_explicit_flags_win():
+    from training.train_tiny import RECIPES, parse_args
+    args = parse_args(["--recipe", "fmnist-cpu", "--epochs", "3", "--lr", "0.01"])
+    assert (args.dataset, args.arch, args.epsilon) == ("fashion_mnist", "small_cnn", 0.1)
+    assert (args.epochs, args.lr) == (3, 0.01)
+    assert parse_args([]).dataset == "tiny_imagenet" and "fmnist-cpu" in RECIPES

@@ -41,11 +41,22 @@ SUMMARY = "summary.json"
 RUN_DEFINING = ("dataset", "arch", "loss", "norm", "epsilon", "step_size", "steps", "beta",
                 "batch_size", "lr", "momentum", "weight_decay", "lr_schedule", "lr_milestones",
                 "lr_decay", "warmup_epochs", "augment", "drop_rate", "seed", "train_images")
+# Named sets of defaults (``--recipe``); flags given on the command line still win.
+# fmnist-cpu: the CPU recipe for Fashion-MNIST that docs/training.md explains choice by choice.
+RECIPES: dict[str, dict[str, Any]] = {
+    "fmnist-cpu": dict(dataset="fashion_mnist", arch="small_cnn", drop_rate=0.0, epsilon=0.1, step_size=0.025,
+                       steps=5, batch_size=128, lr=0.05, lr_schedule="onecycle", augment="none", precision="bf16",
+                       channels_last="on", eval_images=1000, eval_step_size=0.01, epochs=8),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--recipe", choices=sorted(RECIPES), default=None,
+                   help="start from a named set of defaults (" + "; ".join(
+                       f"{name}: " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in r.items())
+                       for name, r in RECIPES.items()) + "); other flags override it")
     d = p.add_argument_group("data")
     d.add_argument("--dataset", choices=sorted(DATASETS), default="tiny_imagenet", help="training data set")
     d.add_argument("--data", type=Path, default=None,
@@ -251,8 +262,17 @@ def _print_summary(summary: dict[str, Any]) -> None:
     print(f"metrics: {Path(summary['output_dir']) / METRICS}  summary: {Path(summary['output_dir']) / SUMMARY}")
 
 
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line flags over the ``--recipe`` defaults over the parser's own defaults."""
+    parser = build_parser()
+    recipe = parser.parse_known_args(argv)[0].recipe
+    if recipe:
+        parser.set_defaults(**RECIPES[recipe])
+    return parser.parse_args(argv)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     try:
         summary = train(args)
     except (DatasetLayoutError, ArtifactError, ValueError, FileNotFoundError) as err:

@@ -8,7 +8,7 @@ RUNS ?= runs
 FMNIST_RECIPE := --recipe fmnist-cpu
 EPOCHS ?= 8
 
-.PHONY: setup data test demo check train-fmnist-natural bench clean
+.PHONY: setup data test demo demo-quick check train-fmnist-trades train-fmnist-natural bench clean
 
 setup: $(VENV)/.installed data
 
@@ -30,12 +30,20 @@ data:
 test: setup
 	$(PY) -m pytest -q
 
-# Main job (for now): TRADES on Fashion-MNIST on the CPU, white-box evaluation, export.
+# The main job: natural vs TRADES on Fashion-MNIST, trained, served over gRPC, scored by the top-5 suite.
 demo: setup
+	$(PY) demo/run.py --output $(RUNS)/demo
+
+# Every stage of the demo on small settings (under 3 minutes).
+demo-quick: setup
+	$(PY) demo/run.py --quick --output $(RUNS)/demo-quick
+
+# The submitted model (crisp.yaml): the full 8-epoch TRADES recipe.
+train-fmnist-trades: setup
 	$(PY) training/train_tiny.py $(FMNIST_RECIPE) --loss trades --beta 6 --epochs $(EPOCHS) \
 		--output-dir $(RUNS)/fmnist-trades --resume
 
-# The submission (crisp.yaml -> the demo's artifact) tested as the competition would, before building the image.
+# The submission (crisp.yaml -> runs/fmnist-trades/artifact) tested as the competition would, before building the image.
 check: setup
 	$(PY) -m defense check crisp.yaml
 

@@ -189,7 +189,7 @@ def _artifact_problems(doc: dict[str, Any], artifact: Path, valid: Callable[[str
     """The artifact exists, matches its own manifest, and crisp.yaml's hash and input spec (where those are valid)."""
     if not artifact.exists():
         return [Problem("artifact.path", f"{artifact} does not exist",
-                        f"run `make demo` first (it writes {DEFAULT_ARTIFACT}) or set artifact.path to your artifact folder")]
+                        f"run `make train-fmnist-trades` first (it writes {DEFAULT_ARTIFACT}) or set artifact.path to your artifact folder")]
     try:
         manifest = read_manifest(artifact)
     except ArtifactError as err:

@@ -64,7 +64,7 @@ BROKEN = [  # (field, value (None: delete it), problem message, fix): each alone
     ("submission.authors", [], "non-empty list", "set it"),
     ("artifact.sha256", "ab" * 32, "but .*model.pt2 has [0-9a-f]{64}", "set artifact.sha256: [0-9a-f]{64}"),
     ("artifact.sha256", 123, "64 lower-case hex digits, quoted, got 123", "sha256sum"),
-    ("artifact.path", "no/such/artifact", "no/such/artifact does not exist", "run `make demo` first"),
+    ("artifact.path", "no/such/artifact", "no/such/artifact does not exist", "run `make train-fmnist-trades` first"),
     ("container.port", 70000, "must be a TCP port 1..65535, got 70000", "container.port: 50051"),
     ("container.port", 8080, "8080 but Dockerfile serves on --port 50051 and EXPOSEs \\[50051\\]", "one port"),
     ("container.entrypoint", ["python", "serve.py"], "differs from Dockerfile's ENTRYPOINT", "container.entrypoint:"),
@@ -185,15 +185,15 @@ def test_check_refuses_an_invalid_submission_with_exit_2(tmp_path, artifact, ima
                          cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert run.returncode == 2, run.stdout + run.stderr
     assert "FAIL (invalid submission)" in run.stdout and "nothing was started" in run.stdout
-    expected = "run `make demo` first" if broken == "missing artifact" else "names 1 file(s) not in"
+    expected = "run `make train-fmnist-trades` first" if broken == "missing artifact" else "names 1 file(s) not in"
     assert expected in run.stdout
 
 
 def test_committed_crisp_yaml_is_well_formed():
-    """The repository's own manifest: every field valid (the artifact itself comes from `make demo`)."""
+    """The repository's own manifest: every field valid (the artifact itself comes from `make train-fmnist-trades`)."""
     doc = yaml.safe_load((ROOT / "crisp.yaml").read_text())
     assert field_problems(doc) == []
     assert doc["artifact"]["path"] == "runs/fmnist-trades/artifact"
     _, problems = load(ROOT / "crisp.yaml")
-    assert all(p.field == "artifact.path" and "make demo" in p.fix or p.field == "artifact.sha256"
+    assert all(p.field == "artifact.path" and "make train-fmnist-trades" in p.fix or p.field == "artifact.sha256"
                for p in problems), problems

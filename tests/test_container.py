@@ -219,7 +219,7 @@ def test_image_builds_runs_and_classifies_through_the_published_port(tmp_path):
         buffer = io.BytesIO()
         np.save(buffer, images)
         mounts, paths = [], ["/opt/defense/model"]
-        if REAL_ARTIFACT.is_dir():  # `make demo`'s, copied: its files may be private to root (mode 0600)
+        if REAL_ARTIFACT.is_dir():  # `make train-fmnist-trades`'s, copied: its files may be private to root (mode 0600)
             readable = shutil.copytree(REAL_ARTIFACT, tmp_path / "real", copy_function=shutil.copyfile)
             mounts, paths = ["-v", f"{readable}:/mnt/real:ro"], paths + ["/mnt/real"]
         run = podman("run", "--rm", "-i", "--network", "none", *Podman.ULIMITS, *mounts, "--entrypoint", "python",

@@ -1,0 +1,206 @@
+"""The main job end to end on Fashion-MNIST: train, export, serve label-only, attack, compare.
+
+    python demo/run.py            # the full demo (about 20 minutes on 2 CPU cores)
+    python demo/run.py --quick    # a smoke run of every stage (under 3 minutes)
+
+Three models are trained with ``training/train_tiny.py --recipe fmnist-cpu``: a natural
+one, a TRADES one (beta 6) and a PGD-AT surrogate that only the transfer attack sees.
+The natural and TRADES artifacts are each served by the real server command
+(``python -m defense serve``, as the container runs it) and scored through gRPC by
+``attacks/score.py`` with the top-5 suite. Every stage is a user-facing command; the
+demo prints each one, keeps its output under ``--output`` and reuses it when rerun
+(a finished stage is skipped, an interrupted one resumes).
+
+Writes ``OUTPUT/results.json``, ``OUTPUT/results.md`` and ``OUTPUT/cdf.png`` (the
+minimal-L2 distribution of both models on one figure). Exit codes: 0 done, 1 a stage
+failed (its command and log tail are printed), 2 bad arguments.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from defense.atomic import atomic_open, atomic_write_text  # noqa: E402 - after the path set-up
+from defense.check import ServerProcess, free_port, wait_serving  # noqa: E402
+
+SCORED = ("natural", "trades")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How much work each stage does; ``FULL`` is the demo, ``QUICK`` the smoke run."""
+
+    epochs: dict[str, int]
+    train_images: int
+    eval_images: int
+    final_eval_images: int
+    score_images: int
+    budget: int
+
+
+FULL = Settings(epochs={"natural": 3, "trades": 4, "surrogate": 2}, train_images=0, eval_images=500,
+                final_eval_images=2000, score_images=100, budget=1000)
+QUICK = Settings(epochs={"natural": 1, "trades": 1, "surrogate": 1}, train_images=6000, eval_images=200,
+                 final_eval_images=500, score_images=16, budget=200)
+LOSS_FLAGS = {"natural": ["--loss", "natural"], "trades": ["--loss", "trades", "--beta", "6"],
+              "surrogate": ["--loss", "pgd_at", "--seed", "1"]}
+
+
+class StageFailed(RuntimeError):
+    """A stage's command exited non-zero; the message holds the command and its log tail."""
+
+
+def run_stage(name: str, argv: list[str], log_path: Path) -> float:
+    """Run one stage's command with its output in ``log_path``; its wall seconds."""
+    print(f"[{name}] $ {' '.join(argv)}", flush=True)
+    start = time.monotonic()
+    with open(log_path, "w") as log:
+        code = subprocess.call([sys.executable, *argv], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    if code:
+        tail = "\n".join(log_path.read_text().replace("\r", "\n").splitlines()[-15:])
+        raise StageFailed(f"{name} failed (exit {code}): {' '.join(argv)}\n{tail}")
+    return time.monotonic() - start
+
+
+def train(model: str, args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+    """Train (or reuse) one model; its training summary."""
+    out = args.output / model
+    summary_path = out / "summary.json"
+    if not (summary_path.exists() and (out / "artifact" / "manifest.json").exists()):
+        out.mkdir(parents=True, exist_ok=True)
+        argv = ["training/train_tiny.py", "--recipe", "fmnist-cpu", *LOSS_FLAGS[model],
+                "--epochs", str(settings.epochs[model]), "--train-images", str(settings.train_images),
+                "--eval-images", str(settings.eval_images), "--final-eval-images", str(settings.final_eval_images),
+                "--output-dir", str(out), "--resume", "--no-progress"]
+        if args.data:
+            argv += ["--data", str(args.data)]
+        run_stage(f"train {model}", argv, out / "train.log")
+    else:
+        print(f"[train {model}] reusing {out}", flush=True)
+    return json.loads(summary_path.read_text())
+
+
+def score(model: str, args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+    """Serve the model's artifact as the container would and score it over gRPC; the score report."""
+    out = args.output / f"score-{model}"
+    report = out / "results.json"
+    if report.exists() and json.loads(report.read_text()).get("complete"):
+        print(f"[score {model}] reusing {out}", flush=True)
+        return json.loads(report.read_text())
+    port = free_port()
+    serve = [sys.executable, "-m", "defense", "serve", "--model", str(args.output / model / "artifact"),
+             "--host", "127.0.0.1", "--port", str(port)]
+    print(f"[serve {model}] $ {' '.join(serve[1:])}", flush=True)
+    with ServerProcess(serve, ROOT) as server:
+        wait_serving(server, f"127.0.0.1:{port}", timeout_s=120)
+        argv = ["attacks/score.py", "--target", f"127.0.0.1:{port}", "--data", "fashion_mnist",
+                "--images", str(settings.score_images), "--budget", str(settings.budget), "--preset", "top5",
+                "--surrogate", str(args.output / "surrogate" / "artifact"), "--seed", "0", "--output", str(out),
+                "--no-progress"]
+        if args.data:
+            argv += ["--data-dir", str(args.data)]
+        run_stage(f"score {model}", argv, args.output / f"score-{model}.log")
+        server.stop()
+    return json.loads(report.read_text())
+
+
+def table(rows: dict[str, dict[str, Any]]) -> str:
+    """The results table in Markdown: accuracies, min-L2 mean and median, per-attack medians."""
+    attacks = sorted({a for r in rows.values() for a in r["attack_medians"]})
+    head = ["model", "clean acc", "PGD-20 acc", "mean L2", "median L2", *(f"{a} median" for a in attacks)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, r in rows.items():
+        cells = [name, f"{r['clean_accuracy']:.2%}", f"{r['pgd_accuracy']:.2%}", f"{r['mean_l2']:.3f}",
+                 f"{r['median_l2']:.3f}", *(f"{r['attack_medians'].get(a, float('nan')):.3f}" for a in attacks)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot_cdf(distances: dict[str, list[float]], path: Path) -> None:
+    """Both models' per-image minimal L2 as empirical CDFs on one figure."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, d in distances.items():
+        d = sorted(d)
+        ax.step(d, [(i + 1) / len(d) for i in range(len(d))], where="post", label=f"{name} (median {statistics.median(d):.2f})")
+    ax.set_xlabel("minimal L2 perturbation (pixels in [0, 1])")
+    ax.set_ylabel("fraction of images fooled within")
+    ax.set_title("Label-only attacks (top-5 suite) on Fashion-MNIST")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    with atomic_open(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=120)
+    plt.close(fig)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--quick", action="store_true",
+                   help="smoke run: 1 epoch on 6000 images per model, 16 images at 200 queries")
+    p.add_argument("--output", type=Path, default=Path("runs/demo"),
+                   help="every stage's output; rerunning with the same folder reuses finished stages "
+                        "(default: runs/demo, or runs/demo-quick with --quick)")
+    p.add_argument("--data", type=Path, default=None,
+                   help="Fashion-MNIST IDX folder (default: the training and scoring tools' own default, "
+                        "/usr/share/datasets/fashion-mnist)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if "--output" not in (argv if argv is not None else sys.argv[1:]) and args.quick:
+        args.output = Path("runs/demo-quick")
+    if args.data is not None and not args.data.is_dir():
+        parser.error(f"--data {args.data}: expected a folder with the Fashion-MNIST IDX files")
+    settings = QUICK if args.quick else FULL
+    args.output.mkdir(parents=True, exist_ok=True)
+    start = time.monotonic()
+    try:
+        summaries = {m: train(m, args, settings) for m in ("natural", "trades", "surrogate")}
+        reports = {m: score(m, args, settings) for m in SCORED}
+    except StageFailed as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    rows = {m: row(summaries[m], reports[m]) for m in SCORED}
+    wall = time.monotonic() - start
+    text = table(rows)
+    ratio = rows["trades"]["mean_l2"] / rows["natural"]["mean_l2"] if rows["natural"]["mean_l2"] else float("inf")
+    plot_cdf({m: reports[m]["distances"] for m in SCORED}, args.output / "cdf.png")
+    result = {"settings": {"quick": args.quick, **settings.__dict__}, "models": rows, "wall_s": wall,
+              "trades_over_natural_mean_l2": ratio, "command": " ".join(["python", "demo/run.py", *(argv or sys.argv[1:])])}
+    atomic_write_text(args.output / "results.json", json.dumps(result, indent=2) + "\n")
+    atomic_write_text(args.output / "results.md", f"# Demo results\n\n{text}\n\nTRADES / natural mean minimal L2: "
+                                                   f"{ratio:.2f}x. Wall time {wall / 60:.1f} min.\n")
+    print(f"\n{text}\n\nTRADES / natural mean minimal L2: {ratio:.2f}x   wall time {wall / 60:.1f} min")
+    print(f"results: {args.output / 'results.md'}  {args.output / 'results.json'}  {args.output / 'cdf.png'}")
+    return 0
+
+
+def row(summary: dict[str, Any], report: dict[str, Any]) -> dict[str, Any]:
+    """One table row from a training summary (white-box accuracies) and a score report (label-only L2)."""
+    final = summary["final"]
+    s = report["summary"]
+    return {"clean_accuracy": final["clean_accuracy"], "pgd_accuracy": final["pgd_accuracy"],
+            "eval_images": final["eval_images"], "mean_l2": s["mean"], "median_l2": s["median"],
+            "attack_medians": {a: v["median"] for a, v in s["attacks"].items()}, "scored_images": s["images"]}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 import torch
 
+from defense.fashion_mnist import read_idx
+from defense.tiny_imagenet import DatasetLayoutError
 from training.augment import PRESETS
-from training.data import load_dataset, read_idx
-from training.tiny_imagenet import DatasetLayoutError
+from training.data import load_dataset
 
 
 def test_fashion_mnist_fixture_loads_hwc_uint8(fmnist_dir):

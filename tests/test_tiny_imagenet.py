@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from training.tiny_imagenet import DatasetLayoutError, TinyImageNetSplit, load_tiny_imagenet
+from defense.tiny_imagenet import DatasetLayoutError, TinyImageNetSplit, load_tiny_imagenet
 
 WNIDS = ["n02124075", "n01443537", "n09999999"]  # wnids.txt order, deliberately not sorted
 NAMES = ["Egyptian cat", "goldfish", "n09999999"]  # the last wnid is absent from words.txt

@@ -6,20 +6,14 @@ index memory; no per-image Python work happens during training.
 """
 from __future__ import annotations
 
-import gzip
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from training.tiny_imagenet import DatasetLayoutError, load_tiny_imagenet
-
-FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
-FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-                         "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
-_IDX_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
-              "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+from defense.fashion_mnist import FASHION_MNIST_CLASSES, FASHION_MNIST_DIR, load_fashion_split
+from defense.tiny_imagenet import DatasetLayoutError, load_tiny_imagenet
 
 
 @dataclass(frozen=True)
@@ -45,40 +39,6 @@ class ImageDataset:
         return len(self.class_names)
 
 
-def read_idx(path: Path) -> np.ndarray:
-    """Read an IDX (MNIST-format) uint8 file, gzip-compressed or not."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        data = f.read()
-    if len(data) < 4 or data[:2] != b"\0\0" or data[2] != 0x08:
-        raise DatasetLayoutError(f"{path}: not a uint8 IDX file (bad magic number)")
-    ndim = data[3]
-    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
-    body = np.frombuffer(bytearray(data), dtype=np.uint8, offset=4 + 4 * ndim)
-    if body.size != int(np.prod(shape)):
-        raise DatasetLayoutError(f"{path}: header says shape {shape} but holds {body.size} bytes")
-    return body.reshape(shape)
-
-
-def _find_idx(root: Path, stem: str) -> Path:
-    for candidate in (root / stem, root / f"{stem}.gz", root / "FashionMNIST" / "raw" / stem):
-        if candidate.is_file():
-            return candidate
-    raise DatasetLayoutError(
-        f"Fashion-MNIST file {stem}[.gz] not found in {root}. Install it with "
-        f"`apt-get install dataset-fashion-mnist` (files land in {FASHION_MNIST_DIR}), "
-        f"pass --data DIR holding the four IDX files, or add --download where a network exists")
-
-
-def _fashion_split(root: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
-    image_stem, label_stem = _IDX_FILES[split]
-    images, labels = read_idx(_find_idx(root, image_stem)), read_idx(_find_idx(root, label_stem))
-    if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
-        raise DatasetLayoutError(f"{root}: {split} images {images.shape} and labels {labels.shape} "
-                                 f"do not pair up (expected N x 28 x 28 and N)")
-    return images[..., None], labels.astype(np.int64)
-
-
 def load_fashion_mnist(root: str | Path | None = None, download: bool = False) -> ImageDataset:
     """Fashion-MNIST from its IDX files (Debian's package by default; torchvision downloads if asked)."""
     root = Path(root) if root is not None else FASHION_MNIST_DIR
@@ -86,8 +46,8 @@ def load_fashion_mnist(root: str | Path | None = None, download: bool = False) -
         from torchvision.datasets import FashionMNIST
         for train in (True, False):
             FashionMNIST(str(root), train=train, download=True)
-    train_x, train_y = _fashion_split(root, "train")
-    test_x, test_y = _fashion_split(root, "test")
+    train_x, train_y = load_fashion_split(root, "train")
+    test_x, test_y = load_fashion_split(root, "test")
     return ImageDataset("fashion_mnist", train_x, train_y, test_x, test_y,
                         FASHION_MNIST_CLASSES, (0.2860,), (0.3530,))
 

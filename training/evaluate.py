@@ -21,12 +21,12 @@ from torch import nn
 
 from defense.artifact import MANIFEST_FILE, ArtifactError, load_artifact
 from defense.atomic import atomic_write_text
+from defense.tiny_imagenet import DatasetLayoutError
 from training.checkpoint import load_checkpoint
 from training.data import load_dataset
 from training.engine import Runtime, evaluate_accuracy
 from training.models import create_model
 from training.pgd import LOSSES, NORMS
-from training.tiny_imagenet import DatasetLayoutError
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -24,6 +24,7 @@ from torch.utils.data import DistributedSampler
 
 from defense.artifact import ArtifactError, save_artifact
 from defense.atomic import atomic_write_text
+from defense.tiny_imagenet import DatasetLayoutError
 from training.augment import PRESETS
 from training.checkpoint import load_checkpoint, save_checkpoint, set_rng_state
 from training.data import DATASETS, ImageDataset, load_dataset
@@ -31,7 +32,6 @@ from training.distributed import init_distributed, shutdown
 from training.engine import Runtime, batches, evaluate_accuracy, train_one_epoch
 from training.models import MODELS, create_model
 from training.pgd import NORMS
-from training.tiny_imagenet import DatasetLayoutError
 from training.trades import LOSSES, AttackConfig
 
 CHECKPOINT = "checkpoint.pt"

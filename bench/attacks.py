@@ -1,0 +1,409 @@
+"""Our label-only attacks against Foolbox 3's on the same model, images and per-image query budget.
+
+For each model (default: the naturally and the TRADES-trained Fashion-MNIST artifacts) the
+bench takes the first ``--images`` test images the model classifies correctly and attacks
+them with every method, each from scratch with ``--budget`` queries per image:
+
+- ours (``attacks/``): the Boundary Attack and HSJA at their defaults, all images in one
+  vectorised run behind a wrapper that counts model calls (the mean images per call is
+  what a server would see as its batch size);
+- Foolbox 3 (``foolbox==3.3.4``, bench-only) ``BoundaryAttack`` and ``HopSkipJumpAttack``,
+  at their defaults and at settings tuned for this budget (:data:`FOOLBOX_TUNED`), run
+  as ``/work/shared/PEERS.md`` says: one image at a time (its attacks are
+  batch-synchronous), on a label-only view of the net (one-hot argmax of the
+  uint8-rounded input), scored by the closest misclassified query among each image's
+  first ``--budget``. Once an image's budget is spent the next query stops Foolbox (it
+  is never answered falsely): nothing it does afterwards could count.
+
+Every method is scored alike: L2 on [0, 1] of the uint8 image the model classified,
+and every reported adversarial is classified again at the end (exit 1 if one is not).
+
+    python bench/attacks.py --json attacks.json              # natural and trades, 100 images
+    python bench/attacks.py --models natural --images 16 --methods hsja,foolbox-hsja-tuned \\
+        --set foolbox-hsja-tuned.gamma=100                   # try a setting
+
+Ends with one ``name: value`` line per goal and model, e.g. ``natural ours/foolbox hsja median ratio: 0.80``.
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import os
+import platform
+import shlex
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+# Run as a script, this file's folder comes first on the import path, where it (bench/attacks.py)
+# would shadow the attacks package it benchmarks.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from attacks import ArtifactModel, BudgetedModel, LabelOnlyModel, create_attack  # noqa: E402
+from attacks.lattice import l2, to_uint8, to_unit  # noqa: E402
+from defense.atomic import atomic_write_text  # noqa: E402
+from defense.fashion_mnist import FASHION_MNIST_DIR, load_fashion_split  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+MODELS = {"natural": ROOT / "runs/fmnist-natural/artifact", "trades": ROOT / "runs/fmnist-trades/artifact"}
+OURS = {"boundary": "boundary", "hsja": "hsja"}  # bench method -> attacks.ATTACKS name
+FOOLBOX = {"foolbox-boundary": "BoundaryAttack", "foolbox-boundary-tuned": "BoundaryAttack",
+           "foolbox-hsja": "HopSkipJumpAttack", "foolbox-hsja-tuned": "HopSkipJumpAttack"}
+# Foolbox settings for a 1000-query budget, per model, picked on held-out test images
+# (see docs/benchmarks.md "Attacks" for the grid and the command); "*" for any other model.
+FOOLBOX_TUNED: dict[str, dict[str, dict[str, Any]]] = {
+    "*": {"foolbox-boundary-tuned": {"spherical_step": 0.1, "source_step": 0.03, "update_stats_every_k": 1},
+          "foolbox-hsja-tuned": {"gamma": 1000.0, "initial_gradient_eval_steps": 25}},
+}
+METHODS = [*OURS, *FOOLBOX]
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+@dataclass
+class Result:
+    """One method on one model: per-image verified distance (inf: not fooled), adversarial, queries spent."""
+
+    method: str
+    settings: str
+    distances: np.ndarray
+    adversarials: np.ndarray
+    queries: np.ndarray
+    seconds: float
+    calls: int = 0
+    images_sent: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def median(self) -> float:
+        return float(np.median(self.distances))
+
+    @property
+    def images_per_call(self) -> float:
+        return self.images_sent / self.calls if self.calls else float("nan")
+
+
+# --- ours --------------------------------------------------------------------------------
+
+class CallCounter:
+    """A :class:`LabelOnlyModel` that counts calls and images (a server's requests and batch sizes) and feeds a bar."""
+
+    def __init__(self, model: LabelOnlyModel, bar: tqdm | None = None) -> None:
+        self.model = model
+        self.info = model.info
+        self.bar = bar
+        self.queries = 0
+        self.calls = 0
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        labels = self.model(images)
+        self.calls += 1
+        self.queries += len(images)
+        if self.bar is not None:
+            self.bar.update(len(images))
+        return labels
+
+
+def run_ours(method: str, settings: dict[str, Any], model: LabelOnlyModel, images: np.ndarray, labels: np.ndarray,
+             budget: int, seed: int) -> Result:
+    """One of our attacks on all images at once, in one ledger (the clean check is one of each image's queries)."""
+    attack = create_attack(OURS[method], **settings)
+    with tqdm(total=budget * len(images), desc=method, unit="q", leave=False, file=sys.stderr) as bar:
+        counter = CallCounter(model, bar)
+        ledger = BudgetedModel(counter, images, labels, budget=budget)
+        start = time.perf_counter()
+        attack.run(ledger, np.arange(len(images)), np.random.default_rng(seed))
+        seconds = time.perf_counter() - start
+    return Result(method, repr(attack), ledger.best_l2.copy(), ledger.best.copy(), ledger.used.copy(), seconds,
+                  counter.calls, counter.queries)
+
+
+# --- Foolbox -----------------------------------------------------------------------------
+
+class BudgetSpent(Exception):
+    """Raised at an image's first query past the budget, to stop Foolbox (nothing later counts)."""
+
+
+class FoolboxProbe(torch.nn.Module):
+    """The net as Foolbox sees it: one-hot argmax (labels only) of the uint8-rounded input, with a ledger.
+
+    Serves one image at a time (:meth:`reset`); Foolbox's batches are then one row each. Of
+    that image's first ``budget`` queries, keeps the closest misclassified one, as the
+    uint8 image the net classified.
+    """
+
+    def __init__(self, net: Callable[[torch.Tensor], torch.Tensor], num_classes: int, budget: int) -> None:
+        super().__init__()
+        self.net = net
+        self.num_classes = num_classes
+        self.budget = budget
+        self.bar: tqdm | None = None
+        self.reset(np.zeros((1, 1, 1), dtype=np.uint8), 0)
+
+    def reset(self, clean: np.ndarray, label: int) -> None:
+        """Start a new image (uint8 H x W x C) with true ``label``."""
+        self.clean, self.label = clean, label
+        self.used = 0
+        self.best_l2 = np.inf
+        self.best = clean.copy()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.used + len(x) > self.budget:
+            raise BudgetSpent
+        sent = to_uint8(x.detach().permute(0, 2, 3, 1).cpu().numpy())
+        with torch.inference_mode():
+            labels = self.net(torch.from_numpy(to_unit(sent)).permute(0, 3, 1, 2)).argmax(dim=1)
+        self.used += len(x)
+        if self.bar is not None:
+            self.bar.update(len(x))
+        adv = np.flatnonzero(labels.numpy() != self.label)
+        if len(adv):
+            dist = l2(to_unit(sent[adv]), to_unit(np.repeat(self.clean[None], len(adv), axis=0)))
+            if dist.min() < self.best_l2:
+                self.best_l2, self.best = float(dist.min()), sent[adv[dist.argmin()]]
+        return torch.nn.functional.one_hot(labels, self.num_classes).float()
+
+
+def run_foolbox(method: str, settings: dict[str, Any], net: Callable[[torch.Tensor], torch.Tensor],
+                num_classes: int, images: np.ndarray, labels: np.ndarray, budget: int, seed: int) -> Result:
+    """A Foolbox attack on one image at a time (seeded per image), scored within each image's first ``budget``."""
+    import foolbox
+
+    attack = getattr(foolbox.attacks, FOOLBOX[method])(**settings)
+    probe = FoolboxProbe(net, num_classes, budget).eval()
+    fmodel = foolbox.PyTorchModel(probe, bounds=(0, 1))
+    n = len(images)
+    distances, queries, adversarials = np.full(n, np.inf), np.zeros(n, dtype=np.int64), images.copy()
+    start = time.perf_counter()
+    with tqdm(total=budget * n, desc=method, unit="q", leave=False, file=sys.stderr) as bar:
+        probe.bar = bar
+        for i in range(n):
+            probe.reset(images[i], int(labels[i]))
+            torch.manual_seed(seed * 1_000_003 + i)
+            x = torch.from_numpy(to_unit(images[i:i + 1])).permute(0, 3, 1, 2).contiguous()
+            try:
+                attack.run(fmodel, x, torch.tensor(labels[i:i + 1]))
+            except BudgetSpent:
+                pass
+            bar.update(budget - probe.used)
+            distances[i], queries[i], adversarials[i] = probe.best_l2, probe.used, probe.best
+            bar.set_postfix(median=f"{np.median(distances[:i + 1]):.3f}")
+    return Result(method, f"foolbox.attacks.{FOOLBOX[method]}({settings})", distances, adversarials, queries,
+                  time.perf_counter() - start, calls=int(queries.sum()), images_sent=int(queries.sum()))
+
+
+# --- the bench ---------------------------------------------------------------------------
+
+def first_correct(model: LabelOnlyModel, images: np.ndarray, labels: np.ndarray, offset: int,
+                  count: int) -> np.ndarray:
+    """Indices of the first ``count`` images from ``offset`` that ``model`` classifies correctly."""
+    found: list[np.ndarray] = []
+    for start in range(offset, len(images), 1024):
+        chunk = np.arange(start, min(start + 1024, len(images)))
+        found.append(chunk[model(images[chunk]) == labels[chunk]])
+        if sum(map(len, found)) >= count:
+            break
+    picked = np.concatenate(found)[:count] if found else np.empty(0, dtype=np.int64)
+    if len(picked) < count:
+        raise ValueError(f"only {len(picked)} correctly classified test images from index {offset}, "
+                         f"{count} asked for")
+    return picked
+
+
+def verify(model: LabelOnlyModel, result: Result, images: np.ndarray, labels: np.ndarray) -> int:
+    """Images whose reported adversarial is not misclassified, or not at its reported distance (0: all good)."""
+    fooled = np.flatnonzero(np.isfinite(result.distances))
+    if not len(fooled):
+        return 0
+    wrong = model(result.adversarials[fooled]) == labels[fooled]
+    dist = l2(to_unit(result.adversarials[fooled]), to_unit(images[fooled]))
+    return int(np.count_nonzero(wrong | ~np.isclose(dist, result.distances[fooled], rtol=1e-5, atol=1e-6)))
+
+
+def settings_for(method: str, model_name: str, overrides: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    tuned = FOOLBOX_TUNED.get(model_name, FOOLBOX_TUNED["*"]).get(method, {})
+    return {**tuned, **overrides.get(method, {})}
+
+
+def bench_model(name: str, art_dir: Path, images: np.ndarray, labels: np.ndarray,
+                args: argparse.Namespace) -> dict[str, Any]:
+    model = ArtifactModel(art_dir)
+    picked = first_correct(model, images, labels, args.offset, args.images)
+    x, y = images[picked], labels[picked]
+    log(f"{name}: {art_dir}, test images {picked[0]}..{picked[-1]} ({len(picked)} correctly classified)")
+    results: list[Result] = []
+    for method in args.methods:
+        settings = settings_for(method, name, args.set)
+        if method in OURS:
+            result = run_ours(method, settings, model, x, y, args.budget, args.seed)
+        else:
+            result = run_foolbox(method, settings, model.net, model.info.num_classes, x, y, args.budget, args.seed)
+        result.extra["unverified"] = verify(model, result, x, y)
+        log(f"  {method:<24} median {result.median:.4f}  {result.seconds:7.1f} s  {result.settings}")
+        results.append(result)
+    return {"name": name, "artifact": str(art_dir), "indices": picked, "labels": y, "results": results}
+
+
+def best_of(results: list[Result], prefix: str) -> Result | None:
+    """The method whose name starts with ``prefix`` with the smallest median (e.g. Foolbox HSJA default or tuned)."""
+    found = [r for r in results if r.method.startswith(prefix)]
+    return min(found, key=lambda r: r.median) if found else None
+
+
+def figures(run: dict[str, Any]) -> list[tuple[str, float]]:
+    """The goal lines of one model: ratios of medians and our mean images per model call."""
+    by_name = {r.method: r for r in run["results"]}
+    out = []
+    foolbox_hsja = best_of(run["results"], "foolbox-hsja")
+    if "hsja" in by_name and foolbox_hsja is not None:
+        out.append(("ours/foolbox hsja median ratio", by_name["hsja"].median / foolbox_hsja.median))
+    ours = [r for r in run["results"] if r.method in OURS]
+    if ours:
+        out.append(("mean images per model call", sum(r.images_sent for r in ours) / sum(r.calls for r in ours)))
+    return [(f"{run['name']} {label}", value) for label, value in out]
+
+
+def table(runs: list[dict[str, Any]], budget: int) -> str:
+    lines = [f"| model | method | median L2 | mean L2 (fooled) | fooled | queries/image | wall s | images/call |",
+             "|---|---|---|---|---|---|---|---|"]
+    for run in runs:
+        for r in run["results"]:
+            fooled = np.isfinite(r.distances)
+            mean = float(r.distances[fooled].mean()) if fooled.any() else float("nan")
+            lines.append(f"| {run['name']} | {r.method} | {r.median:.4f} | {mean:.4f} | "
+                         f"{fooled.sum()}/{len(fooled)} | {r.queries.mean():.0f} (max {r.queries.max()}, "
+                         f"cap {budget}) | {r.seconds:.1f} | {r.images_per_call:.1f} |")
+    return "\n".join(lines)
+
+
+def to_json(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def dist(values: np.ndarray) -> list[float | None]:
+        return [float(v) if np.isfinite(v) else None for v in values]
+    return [{"name": run["name"], "artifact": run["artifact"], "test_indices": run["indices"].tolist(),
+             "labels": run["labels"].tolist(),
+             "methods": {r.method: {"settings": r.settings, "median_l2": r.median, "seconds": r.seconds,
+                                    "calls": r.calls, "images_sent": r.images_sent,
+                                    "distances": dist(r.distances), "queries": r.queries.tolist(), **r.extra}
+                         for r in run["results"]}}
+            for run in runs]
+
+
+def parse_models(text: str) -> dict[str, Path]:
+    """``natural,trades`` or ``NAME=ARTIFACT_DIR`` entries."""
+    models = {}
+    for entry in filter(None, (e.strip() for e in text.split(","))):
+        name, _, path = entry.partition("=")
+        if not path and name not in MODELS:
+            raise ValueError(f"unknown model {name!r}: use one of {', '.join(MODELS)} or NAME=ARTIFACT_DIR")
+        models[name] = Path(path) if path else MODELS[name]
+    if not models:
+        raise ValueError("no models given")
+    return models
+
+
+def parse_sets(entries: list[str]) -> dict[str, dict[str, Any]]:
+    """``METHOD.KEY=VALUE`` entries (VALUE a Python literal, else a string) as per-method settings."""
+    out: dict[str, dict[str, Any]] = {}
+    for entry in entries:
+        target, eq, text = entry.partition("=")
+        method, dot, key = target.partition(".")
+        if not (eq and dot and key) or method not in METHODS:
+            raise ValueError(f"--set {entry!r}: expected METHOD.KEY=VALUE with METHOD one of {', '.join(METHODS)}")
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            value = text
+        out.setdefault(method, {})[key] = value
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--models", default="natural,trades",
+                   help=f"comma-separated: {', '.join(f'{k} ({v.relative_to(ROOT)})' for k, v in MODELS.items())}, "
+                        f"or NAME=ARTIFACT_DIR")
+    p.add_argument("--data", type=Path, default=FASHION_MNIST_DIR, help="Fashion-MNIST folder (IDX files)")
+    p.add_argument("--images", type=int, default=100, help="attack the first this many correctly classified "
+                                                           "test images (per model)")
+    p.add_argument("--offset", type=int, default=0, help="first test image considered (tune on a later range)")
+    p.add_argument("--budget", type=int, default=1000, help="queries per image, for every method")
+    p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {', '.join(METHODS)}")
+    p.add_argument("--skip-foolbox", action="store_true", help="leave out the Foolbox methods")
+    p.add_argument("--set", action="append", default=[], metavar="METHOD.KEY=VALUE",
+                   help="override one setting of a method (repeatable), e.g. foolbox-hsja-tuned.gamma=100 or "
+                        "hsja.min_probe=1")
+    p.add_argument("--seed", type=int, default=0, help="seed of our attacks' generator and Foolbox's torch seeds")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default); on a shared machine more "
+                        "threads than idle cores make Foolbox's one-image forwards crawl (40x here)")
+    p.add_argument("--json", type=Path, default=None, help="also write every figure and per-image distance here")
+    argv = sys.argv[1:] if argv is None else argv
+    args = p.parse_args(argv)
+    try:
+        models = parse_models(args.models)
+        args.set = parse_sets(args.set)
+        args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+        if unknown := sorted(set(args.methods) - set(METHODS)):
+            raise ValueError(f"--methods: unknown {', '.join(unknown)}; choose from {', '.join(METHODS)}")
+        if args.skip_foolbox:
+            args.methods = [m for m in args.methods if m not in FOOLBOX]
+        if args.images < 1 or args.budget < 1 or args.offset < 0:
+            raise ValueError("--images and --budget must be >= 1, --offset >= 0")
+        if missing := [f"{name} ({path})" for name, path in models.items() if not (path / "manifest.json").is_file()]:
+            raise ValueError(f"no model artifact at {', '.join(missing)}: train it (docs/training.md) or pass "
+                             f"NAME=ARTIFACT_DIR")
+        if any(m in FOOLBOX for m in args.methods):
+            try:
+                import foolbox  # noqa: F401
+            except ImportError:
+                raise ValueError("foolbox is not installed (a bench-only dependency): "
+                                 "pip install foolbox==3.3.4, or pass --skip-foolbox") from None
+        test_images, test_labels = load_fashion_split(args.data, "test")
+    except ValueError as err:  # DatasetLayoutError is one
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.machine())
+    machine = f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
+    if any(m in FOOLBOX for m in args.methods):
+        import foolbox
+        machine += f", foolbox {foolbox.__version__}"
+    log(f"machine: {machine}")
+    try:
+        runs = [bench_model(name, path, test_images, test_labels, args) for name, path in models.items()]
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+    print(f"\nMedian verified L2 on [0, 1], {args.budget} queries per image, {args.images} Fashion-MNIST test images "
+          f"per model (first correctly classified from index {args.offset}), seed {args.seed}; {machine}")
+    print(table(runs, args.budget))
+    lines = [line for run in runs for line in figures(run)]
+    unverified = sum(r.extra["unverified"] for run in runs for r in run["results"])
+    if args.json:
+        atomic_write_text(args.json, json.dumps({
+            "machine": machine, "command": shlex.join(["python", "bench/attacks.py", *argv]),
+            "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+            "models": to_json(runs), "figures": dict(lines)}, indent=2) + "\n")
+    if unverified:
+        print(f"\n{unverified} reported adversarial(s) failed re-verification")
+    print()
+    for name, value in lines:
+        print(f"{name}: {value:.2f}")
+    return 1 if unverified else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,63 @@
+"""bench/attacks.py end to end on a tiny artifact (no Foolbox needed), and the Foolbox ledger's budget rule."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from model_fixtures import make_artifact
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_attacks", ROOT / "bench" / "attacks.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_runs_our_attacks_within_budget_and_reports_goals(bench, fmnist_dir, tmp_path, capsys):
+    art = make_artifact(tmp_path / "art")
+    out = tmp_path / "bench.json"
+    rc = bench.main(["--models", f"tiny={art}", "--data", str(fmnist_dir), "--images", "2", "--budget", "50",
+                     "--skip-foolbox", "--json", str(out)])
+    assert rc == 0
+    report = json.loads(out.read_text())
+    methods = report["models"][0]["methods"]
+    assert set(methods) == {"boundary", "hsja"}
+    for result in methods.values():
+        assert max(result["queries"]) <= 50
+        assert result["unverified"] == 0
+        assert all(d is not None and d > 0 for d in result["distances"])  # the untrained CNN is easy to fool
+    assert report["figures"]["tiny mean images per model call"] > 1
+    assert "tiny mean images per model call:" in capsys.readouterr().out.splitlines()[-1]
+
+
+def test_bench_rejects_unknown_models_and_methods(bench, fmnist_dir):
+    assert bench.main(["--models", "nosuch", "--data", str(fmnist_dir)]) == 2
+    assert bench.main(["--models", "natural", "--methods", "nosuch", "--data", str(fmnist_dir)]) == 2
+
+
+def test_foolbox_probe_scores_only_the_first_budget_queries(bench):
+    """The closest misclassified rounded query among the first ``budget`` counts; the next one stops Foolbox."""
+    net = lambda x: torch.stack([x.flatten(1).mean(1), torch.full((len(x),), 0.5)], dim=1)  # noqa: E731  class 1 below 0.5
+    probe = bench.FoolboxProbe(net, num_classes=2, budget=3)
+    clean = np.full((2, 2, 1), 255, dtype=np.uint8)  # class 0
+    probe.reset(clean, label=0)
+    for value in (0.9, 0.4, 0.3):  # 0.4 and 0.3 are misclassified; 0.3 is farther from the clean image
+        answer = probe(torch.full((1, 1, 2, 2), value))
+        assert answer.argmax(1).item() == int(value < 0.5)
+    assert probe.used == 3 and probe.best_l2 == pytest.approx(2 * (1 - 102 / 255))
+    with pytest.raises(bench.BudgetSpent):
+        probe(torch.full((1, 1, 2, 2), 0.45))
+    assert probe.best_l2 == pytest.approx(2 * (1 - 102 / 255))

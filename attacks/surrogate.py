@@ -1,0 +1,115 @@
+"""Local surrogate models, white-box to the harness: loading, an ensemble loss, and L2 gradient attacks on them.
+
+Transfer attacks (Papernot et al. 2016; the NeurIPS 2018 AVC's winning untargeted
+entries) craft perturbations on models the attacker owns and only then ask the target.
+Surrogates are model artifacts loaded through :func:`defense.artifact.load_artifact`
+(hash-checked), once per process. Several surrogates form an ensemble (Liu et al.,
+"Delving into Transferable Adversarial Examples", ICLR 2017) by averaging their logits
+or their losses.
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from defense.artifact import load_artifact
+
+COMBINE = ("logits", "loss")
+
+
+@lru_cache(maxsize=16)
+def load_surrogate(path: str, device: str = "cpu") -> tuple[nn.Module, tuple[int, int, int], int]:
+    """The artifact at ``path`` as a frozen logits module, with its input shape (H, W, C) and number of classes."""
+    artifact = load_artifact(path, device=device)
+    net = artifact.model.eval().requires_grad_(False)
+    return net, artifact.input_shape, artifact.num_classes
+
+
+def margin(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per row: the best other class's logit minus the true class's (> 0 exactly when misclassified)."""
+    true = logits.gather(1, labels[:, None]).squeeze(1)
+    other = logits.scatter(1, labels[:, None], float("-inf")).amax(dim=1)
+    return other - true
+
+
+class Ensemble:
+    """Surrogates attacked together; ``combine`` averages their ``"logits"`` (then one margin) or their ``"loss"``es.
+
+    Margins are scaled by each model's own logit spread (mean per-row std), so that no
+    surrogate with large logits dominates the average.
+    """
+
+    def __init__(self, nets: Sequence[nn.Module], combine: str = "logits") -> None:
+        if not nets:
+            raise ValueError("an ensemble needs at least one surrogate")
+        if combine not in COMBINE:
+            raise ValueError(f"combine must be one of {COMBINE}, got {combine!r}")
+        self.nets = list(nets)
+        self.combine = combine
+
+    def loss(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Per-row adversarial loss (higher is more adversarial) of float N x C x H x W images in [0, 1]."""
+        logits = [_normalised(net(x)) for net in self.nets]
+        if self.combine == "logits":
+            return margin(torch.stack(logits).mean(0), labels)
+        return torch.stack([margin(z, labels) for z in logits]).mean(0)
+
+    def gradient(self, x: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The per-row loss and its gradient with respect to ``x``."""
+        with torch.enable_grad():
+            x = x.detach().requires_grad_(True)
+            loss = self.loss(x, labels)
+            (grad,) = torch.autograd.grad(loss.sum(), x)
+        return loss.detach(), grad
+
+
+def _normalised(logits: torch.Tensor) -> torch.Tensor:
+    return logits / logits.detach().std(dim=1, keepdim=True).mean().clamp_min(1e-6)
+
+
+def _unit(v: torch.Tensor) -> torch.Tensor:
+    return v / v.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (v.dim() - 1)))
+
+
+def pgd_l2(ensemble: Ensemble, x: torch.Tensor, labels: torch.Tensor, radius: float, steps: int,
+           momentum: float = 0.0, batch_size: int = 256) -> torch.Tensor:
+    """Maximise the ensemble's loss within the L2 ball of ``radius`` around ``x`` (and the [0, 1] box).
+
+    ``momentum`` = 0 is PGD (Madry et al., ICLR 2018) with normalised L2 steps of
+    2.5 * radius / steps; > 0 is the momentum-iterative method (MI-FGSM, Dong et al.,
+    CVPR 2018), whose accumulated direction transfers better between models. Returns
+    the last iterate (the one with the largest perturbation budget spent), in chunks of
+    ``batch_size`` rows.
+    """
+    out = []
+    for chunk, chunk_labels in zip(x.split(batch_size), labels.split(batch_size)):
+        out.append(_pgd_chunk(ensemble, chunk, chunk_labels, radius, steps, momentum))
+    return torch.cat(out) if out else x.clone()
+
+
+def _pgd_chunk(ensemble: Ensemble, x: torch.Tensor, labels: torch.Tensor, radius: float, steps: int,
+               momentum: float) -> torch.Tensor:
+    step = 2.5 * radius / steps
+    delta = torch.zeros_like(x)
+    velocity = torch.zeros_like(x)
+    for _ in range(steps):
+        _, grad = ensemble.gradient(x + delta, labels)
+        velocity = momentum * velocity + _unit(grad)
+        delta = delta + step * _unit(velocity)
+        delta = delta * (radius / delta.flatten(1).norm(dim=1).clamp_min(radius)).view(-1, 1, 1, 1)
+        delta = (x + delta).clamp(0, 1) - x
+    return x + delta
+
+
+def to_tensor(rows: np.ndarray, shape: tuple[int, int, int], device: str | torch.device = "cpu") -> torch.Tensor:
+    """Float rows (n x H*W*C, HWC order, [0, 1]) as an N x C x H x W tensor."""
+    return torch.from_numpy(np.ascontiguousarray(rows, dtype=np.float32)).to(device).view(-1, *shape).permute(0, 3, 1, 2)
+
+
+def to_rows(x: torch.Tensor) -> np.ndarray:
+    """An N x C x H x W tensor as float32 rows in HWC order (the attacks' layout)."""
+    return x.permute(0, 2, 3, 1).reshape(len(x), -1).to("cpu", torch.float32).numpy()

@@ -1,0 +1,94 @@
+"""Transfer attack from local surrogates, then a decision-based refinement (the NeurIPS 2018 AVC winners' recipe).
+
+The untargeted AVC winners (Brunner et al., "Guessing Smart: Biased Sampling for
+Efficient Black-Box Adversarial Attacks", ICCV 2019; the other top entries in Brendel et
+al., "Adversarial Vision Challenge", 2018) all started from perturbations crafted on
+surrogate models they owned, one of them adversarially trained, walked back to the
+target's boundary with label queries, and spent the rest refining with a boundary-type
+attack. Here:
+
+1. PGD and momentum-iterative (MI-FGSM) L2 attacks on the surrogate ensemble, for each
+   radius in ``radii``: one candidate direction per (radius, momentum), all images at once.
+2. Each candidate is a line from the clean image. The target is asked one question per
+   line, at the current best distance along it (the full candidate while there is
+   none): a line that is not adversarial there cannot improve on the best and costs
+   nothing more; one that is gets bisected to the boundary (:func:`attacks.linesearch.bisect`).
+3. ``refine`` (GeoDA by default) continues from the best point with the remaining
+   queries; images no line fooled get its usual starting-point search.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from attacks.base import Attack
+from attacks.budgeted import BudgetedModel
+from attacks.geoda import GeoDA
+from attacks.lattice import STEP, quantize
+from attacks.linesearch import bisect
+from attacks.surrogate import COMBINE, Ensemble, load_surrogate, pgd_l2, to_rows, to_tensor
+
+
+@dataclass(frozen=True)
+class TransferAttack(Attack):
+    """``surrogates``: artifact folders (loaded on first use, once per process); ``steps`` per candidate;
+    ``momenta``: 0 is PGD, > 0 MI-FGSM; ``combine``: average the surrogates' ``"logits"`` or ``"loss"``;
+    ``refine``: the decision-based attack that spends the remaining queries (None: stop after the lines)."""
+
+    surrogates: tuple[str, ...] = ()
+    radii: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0)
+    steps: int = 20
+    momenta: tuple[float, ...] = (0.0, 0.9)
+    combine: str = "logits"
+    refine: Attack | None = GeoDA()
+    device: str = "cpu"
+    batch_size: int = 256
+
+    def __post_init__(self) -> None:
+        if not self.surrogates:
+            raise ValueError("the transfer attack needs at least one surrogate artifact folder (surrogates=(...))")
+        if self.combine not in COMBINE:
+            raise ValueError(f"combine must be one of {COMBINE}, got {self.combine!r}")
+
+    def _run(self, model: BudgetedModel, ids: np.ndarray, rng: np.random.Generator) -> None:
+        shape = model.images.shape[1:]
+        ensemble = self._ensemble(shape, model.model.info.num_classes)
+        clean = model.clean(ids)
+        x = to_tensor(clean, shape, self.device)
+        labels = torch.from_numpy(model.labels[ids]).to(self.device)
+        for radius in sorted(self.radii):
+            for momentum in self.momenta:
+                candidate = to_rows(pgd_l2(ensemble, x, labels, radius, self.steps, momentum, self.batch_size))
+                search_line(model, ids, clean, candidate)
+        if self.refine is not None:
+            self.refine.run(model, ids, rng)
+
+    def _ensemble(self, shape: tuple[int, int, int], num_classes: int) -> Ensemble:
+        nets = []
+        for path in self.surrogates:
+            net, input_shape, classes = load_surrogate(str(path), self.device)
+            if input_shape != shape or classes != num_classes:
+                raise ValueError(f"surrogate {path} takes {input_shape} images with {classes} classes; "
+                                 f"the target takes {shape} with {num_classes}")
+            nets.append(net)
+        return Ensemble(nets, self.combine)
+
+
+def search_line(model: BudgetedModel, ids: np.ndarray, clean: np.ndarray, candidate: np.ndarray) -> None:
+    """For each row, bisect clean -> candidate if it is adversarial no farther than the image's best so far.
+
+    One query per row that could still improve (at the best distance along the line, or
+    the candidate itself while the image has no adversarial), then bisection on hits.
+    """
+    diff = candidate - clean
+    radius = np.linalg.norm(diff, axis=1)
+    scale = np.minimum(1.0, model.best_l2[ids] / np.maximum(radius, 1e-12))
+    rows = np.flatnonzero(scale * radius > STEP)
+    rows = rows[model.remaining(ids[rows]) >= 1]
+    if not len(rows):
+        return
+    points = quantize(clean[rows] + scale[rows, None].astype(np.float32) * diff[rows])
+    hit = model.is_adversarial(points, ids[rows])
+    bisect(model, ids[rows[hit]], clean[rows[hit]], points[hit])

@@ -62,11 +62,12 @@ def _read_labels(path: Path) -> tuple[dict[Any, Any] | None, Problem | None]:
     return mapping, None
 
 
-def folder_problems(folder: str | Path, shape: tuple[int, int, int], num_classes: int) -> list[Problem]:
-    """Everything that keeps ``folder`` from being an evaluation set for this input shape and class count."""
+def folder_problems(folder: str | Path, shape: tuple[int, int, int], num_classes: int,
+                    flag: str = "--images") -> list[Problem]:
+    """Everything that keeps ``folder`` (passed as ``flag``) from being an evaluation set of this shape and classes."""
     folder = Path(folder)
     if not folder.is_dir():
-        return [Problem("--images", f"{folder} is not a folder", f"pass a folder of .npy images with a {LABELS_FILE}")]
+        return [Problem(flag, f"{folder} is not a folder", f"pass a folder of .npy images with a {LABELS_FILE}")]
     labels_path = folder / LABELS_FILE
     mapping, problem = _read_labels(labels_path)
     if problem:
@@ -94,7 +95,7 @@ def folder_problems(folder: str | Path, shape: tuple[int, int, int], num_classes
         problems.append(Problem(str(labels_path), f"{len(bad_labels)} label(s) not an integer in 0..{num_classes - 1}: "
                                 f"{_listing(bad_labels)}", "give each image its class index"))
     if bad_images:
-        problems.append(Problem("--images", f"{len(bad_images)} file(s) are not uint8 {' x '.join(map(str, shape))} "
+        problems.append(Problem(flag, f"{len(bad_images)} file(s) are not uint8 {' x '.join(map(str, shape))} "
                                 f"(H x W x C) arrays: {_listing(bad_images)}",
                                 "save each image with np.save(path, image) as uint8 HWC in the model's input shape"))
     return problems

@@ -1,11 +1,14 @@
-"""The small served model every server, batcher, check and container test uses."""
+"""The small served model every server, batcher, check, container and score test uses, and a live server for it."""
 from __future__ import annotations
 
+import asyncio
+import threading
 from pathlib import Path
 
 import torch
 
-from defense.artifact import save_artifact
+from defense.artifact import Artifact, save_artifact
+from defense.server import DefenseServer, ServerConfig
 from training.models import create_model
 
 SHAPE = (28, 28, 1)
@@ -25,3 +28,25 @@ def make_artifact(out_dir: Path) -> Path:
                 layer.bias.zero_()
     return save_artifact(net, out_dir, input_shape=SHAPE, class_names=[f"c{i}" for i in range(10)],
                          arch="small_cnn", dataset="fashion_mnist", training={"loss": "trades"}, metrics={})
+
+
+class LiveServer:
+    """A :class:`DefenseServer` on 127.0.0.1, any free port, running on its own event-loop thread."""
+
+    def __init__(self, artifact: Artifact, warm: bool = True, **config) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.server = DefenseServer(artifact, ServerConfig(host="127.0.0.1", port=0, **config))
+        self.target = f"127.0.0.1:{self.run(self.server.start())}"
+        if warm:
+            self.run(self.server.warm_up())
+
+    def run(self, coro):
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout=60)
+
+    def close(self) -> None:
+        self.run(self.server.stop(grace_s=0))
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join()
+        self.loop.close()

@@ -1,7 +1,6 @@
 """The gRPC server end to end on loopback: labels, refusals, budget, batching, health, reflection, SIGTERM."""
 from __future__ import annotations
 
-import asyncio
 import os
 import queue
 import re
@@ -25,36 +24,13 @@ from defense.artifact import Artifact, load_artifact
 from defense.batcher import classify
 from defense.cli import main
 from defense.client import BudgetExhaustedError, DefenseClient, ServerUnavailableError
-from defense.server import DefenseServer, ServerConfig
-from model_fixtures import SHAPE, make_artifact
+from model_fixtures import SHAPE, LiveServer, make_artifact
 from proto import defense_pb2, defense_pb2_grpc
 
 ROOT = Path(__file__).resolve().parent.parent
 NBYTES = 28 * 28
 EXPECTED = "784 = 28 x 28 x 1 uint8 HWC"
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
-
-
-class LiveServer:
-    """A :class:`DefenseServer` on 127.0.0.1, any free port, running on its own event-loop thread."""
-
-    def __init__(self, artifact: Artifact, warm: bool = True, **config) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self.server = DefenseServer(artifact, ServerConfig(host="127.0.0.1", port=0, **config))
-        self.target = f"127.0.0.1:{self.run(self.server.start())}"
-        if warm:
-            self.run(self.server.warm_up())
-
-    def run(self, coro):
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout=60)
-
-    def close(self) -> None:
-        self.run(self.server.stop(grace_s=0))
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join()
-        self.loop.close()
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,213 @@
+"""`python attacks/score.py`: the score's rules, its report, resuming, a dying server, and bad input."""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from attacks import ArtifactModel, scoring
+from attacks import score as score_cli
+from attacks.evaldata import EvalDataError, load_eval_data
+from defense.artifact import load_artifact, save_artifact
+from defense.evalset import write_folder
+from defense.fashion_mnist import load_fashion_split
+from model_fixtures import SHAPE, LiveServer, make_artifact
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+N_IMAGES = 8
+CHEAP = ["--attacks", "contrast,hsja", "--budget", "40", "--batch-images", "4", "--no-progress"]
+TIMING = {"wall_time_s", "session_wall_time_s", "command", "error", "complete"}
+
+
+@pytest.fixture(scope="module")
+def artifact_dir(tmp_path_factory) -> Path:
+    return make_artifact(tmp_path_factory.mktemp("art") / "artifact")
+
+
+@pytest.fixture(scope="module")
+def folder(artifact_dir, tmp_path_factory) -> Path:
+    """Competition-format images the model classifies as labelled, except image 1 (labelled otherwise)."""
+    images = np.random.default_rng(1).integers(0, 256, size=(N_IMAGES, *SHAPE), dtype=np.uint8)
+    labels = ArtifactModel(artifact_dir)(images)
+    labels[1] = (labels[1] + 1) % 10
+    return write_folder(tmp_path_factory.mktemp("evalset"), images, labels)
+
+
+def score(*argv: str | Path) -> int:
+    return score_cli.main([str(a) for a in argv])
+
+
+def read(out: Path) -> dict:
+    return json.loads((out / "results.json").read_text())
+
+
+def comparable(value):
+    """``value`` without what legitimately differs between two runs of one command (times, output path)."""
+    if isinstance(value, dict):
+        return {k: comparable(v) for k, v in value.items() if k not in TIMING}
+    if isinstance(value, list):
+        return [comparable(v) for v in value]
+    return value
+
+
+def test_a_model_that_is_always_wrong_scores_zero(tmp_path):
+    net = nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, 10))
+    with torch.no_grad():
+        net[1].weight.zero_()
+        net[1].bias.copy_(torch.arange(10.0))  # always class 9
+    art = save_artifact(net.eval(), tmp_path / "art", input_shape=SHAPE, class_names=[f"c{i}" for i in range(10)],
+                        arch="constant", dataset="test", training={}, metrics={})
+    images = np.random.default_rng(0).integers(0, 256, size=(6, *SHAPE), dtype=np.uint8)
+    data = write_folder(tmp_path / "data", images, np.arange(6) % 9)
+    assert score("--model", art, "--data", data, "--output", tmp_path / "out", "--reference-steps", "5", *CHEAP) == 0
+    s = read(tmp_path / "out")["summary"]
+    assert s["mean"] == s["median"] == 0.0 and s["clean_accuracy"] == 0.0 and s["misclassified"] == 6
+    assert s["queries"]["attacks_total"] == 2 * 6  # the clean check of each image by each attack, nothing more
+
+
+def test_report_has_every_field_and_only_verified_adversarials(artifact_dir, folder, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert score("--model", artifact_dir, "--data", folder, "--output", out, "--reference-steps", "20", *CHEAP) == 0
+    r = read(out)
+    assert r["complete"] and r["error"] is None and r["command"].startswith("python attacks/score.py --model")
+    assert r["budget"]["rule"] == "per_image" and r["budget"]["queries"] == 40 and "farthest image" in r["worst_case"]
+    assert r["model"]["manifest"]["arch"] == "small_cnn"
+    s = r["summary"]
+    for key in ("images", "mean", "median", "clean_accuracy", "fooled", "not_fooled", "queries", "wall_time_s",
+                "attacks", "reference", "unverified"):
+        assert key in s, key
+    assert s["images"] == N_IMAGES and s["clean_accuracy"] == (N_IMAGES - 1) / N_IMAGES and s["unverified"] == []
+    assert set(s["attacks"]) == {"contrast", "hsja"}
+    for a in s["attacks"].values():
+        for key in ("settings", "success_rate", "median", "mean", "wins", "queries_total", "queries_max",
+                    "images_per_call"):
+            assert key in a, key
+        assert a["queries_max"] <= 40
+    assert s["reference"]["median"] is not None and s["reference"]["suite_over_reference_median"] > 0
+    by_index = {image["index"]: image for image in r["images"]}
+    assert by_index[1]["misclassified"] and by_index[1]["distance"] == 0.0
+    for image in r["images"]:
+        best = min((a["distance"] for a in image["attacks"].values() if a["distance"] is not None), default=None)
+        if image["fooled"]:
+            assert image["distance"] == best > 0 and image["adversarial_label"] != image["label"]
+            assert image["attacks"][image["winner"]]["distance"] == best
+    assert np.median([image["distance"] for image in r["images"]]) == pytest.approx(s["median"])
+    assert (out / "cdf.png").read_bytes()[:4] == b"\x89PNG" and (out / "gallery.png").read_bytes()[:4] == b"\x89PNG"
+    report = (out / "report.md").read_text()
+    assert f"{s['median']:.4f}" in report and "| hsja |" in report and r["command"] in report
+    assert f"median {s['median']:.4f}" in capsys.readouterr().out
+
+
+def test_resumed_run_gives_the_same_report_as_an_uninterrupted_one(artifact_dir, folder, tmp_path, monkeypatch):
+    args = ["--model", artifact_dir, "--data", folder, "--no-reference", *CHEAP]
+    assert score(*args, "--output", tmp_path / "whole") == 0
+
+    chunks_written = []
+    write = score_cli.write_reports
+    monkeypatch.setattr(score_cli, "write_reports", lambda *a, **k: chunks_written.append(1) or write(*a, **k))
+    call = scoring.CountingModel.__call__
+    calls_after_first_chunk = []
+
+    def interrupt_in_second_chunk(self, images):
+        if chunks_written:
+            calls_after_first_chunk.append(1)
+            if len(calls_after_first_chunk) == 5:  # in the middle of the second chunk's first attack
+                raise KeyboardInterrupt
+        return call(self, images)
+
+    monkeypatch.setattr(scoring.CountingModel, "__call__", interrupt_in_second_chunk)
+    assert score(*args, "--output", tmp_path / "cut") == score_cli.INTERRUPTED
+    partial = read(tmp_path / "cut")
+    assert not partial["complete"] and partial["summary"]["images"] == 4
+    monkeypatch.undo()
+    assert score(*args, "--output", tmp_path / "cut") == 0
+    assert comparable(read(tmp_path / "cut")) == comparable(read(tmp_path / "whole"))
+
+
+def test_a_server_killed_mid_run_gives_a_clear_error_and_a_resumable_report(artifact_dir, folder, tmp_path,
+                                                                          monkeypatch, capsys):
+    out = tmp_path / "out"
+    args = ["--data", folder, "--output", out, "--timeout-s", "1", "--retries", "1", *CHEAP]
+    server = LiveServer(load_artifact(artifact_dir), max_batch_size=64)
+    write = score_cli.write_reports
+
+    def kill_after_first_chunk(*a, **k):
+        results = write(*a, **k)
+        if server.loop.is_running():
+            server.close()
+        return results
+
+    monkeypatch.setattr(score_cli, "write_reports", kill_after_first_chunk)
+    assert score("--target", server.target, *args) == score_cli.MODEL_UNAVAILABLE
+    monkeypatch.undo()
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "stopped answering" in error[0] and "rerun the same command" in error[0]
+    partial = read(out)
+    assert not partial["complete"] and partial["summary"]["images"] == 4 and "stopped answering" in partial["error"]
+    saved = {path: path.stat().st_mtime_ns for path in (out / "state").iterdir()}
+
+    server = LiveServer(load_artifact(artifact_dir), max_batch_size=64)  # back, on another port
+    try:
+        assert score("--target", server.target, *args) == 0
+    finally:
+        server.close()
+    done = read(out)
+    assert done["complete"] and done["summary"]["images"] == N_IMAGES
+    assert comparable(done["images"][:4]) == comparable(partial["images"])
+    assert all(path.stat().st_mtime_ns == mtime for path, mtime in saved.items())  # the first chunk was not redone
+
+
+def test_fashion_mnist_source_scores_the_first_test_images(artifact_dir, fmnist_dir, tmp_path):
+    out = tmp_path / "out"
+    assert score("--model", artifact_dir, "--data", "fashion_mnist", "--data-dir", fmnist_dir, "--images", "3",
+                 "--no-reference", "--output", out, *CHEAP) == 0
+    _, labels = load_fashion_split(fmnist_dir, "test")
+    assert [(i["index"], i["label"]) for i in read(out)["images"]] == list(enumerate(labels[:3].tolist()))
+
+
+def test_tiny_imagenet_val_layout_loads_and_a_shape_mismatch_is_explained(tmp_path):
+    root = tmp_path / "tiny"
+    (root / "val" / "images").mkdir(parents=True)
+    (root / "wnids.txt").write_text("n01\nn02\n")
+    (root / "words.txt").write_text("n01\tfirst\nn02\tsecond\n")
+    (root / "val" / "val_annotations.txt").write_text("val_0.JPEG\tn02\t0\t0\t9\t9\nval_1.JPEG\tn01\t0\t0\t9\t9\n")
+    for name in ("val_0.JPEG", "val_1.JPEG"):
+        Image.new("RGB", (64, 64), (90, 20, 200)).save(root / "val" / "images" / name)
+    data = load_eval_data("tiny_imagenet", root, (64, 64, 3), 2, progress=False)
+    assert data.images.shape == (2, 64, 64, 3) and data.labels.tolist() == [1, 0]
+    with pytest.raises(EvalDataError, match=r"images are 64 x 64 x 3 but the model takes 28 x 28 x 1"):
+        load_eval_data("tiny_imagenet", root, SHAPE, 2, progress=False)
+    with pytest.raises(EvalDataError, match="needs --data-dir"):
+        load_eval_data("tiny_imagenet", None, (64, 64, 3), 2)
+
+
+@pytest.mark.parametrize("case, message", [
+    ("missing folder", "--data: .*nowhere is not a folder"),
+    ("wrong image shape", r"not uint8 28 x 28 x 1 \(H x W x C\) arrays: 00000.npy \(uint8 \(10, 10, 3\)\)"),
+    ("unknown attack", "--attacks: unknown attack 'nope'"),
+    ("other run in output", r"holds a run with other settings \(budget\)"),
+])
+def test_bad_input_exits_2_saying_what_was_expected(artifact_dir, folder, tmp_path, capsys, case, message):
+    out, data, extra = tmp_path / "out", folder, []
+    if case == "missing folder":
+        data = tmp_path / "nowhere"
+    elif case == "wrong image shape":
+        data = write_folder(tmp_path / "small", np.zeros((2, 10, 10, 3), dtype=np.uint8), [0, 1])
+    elif case == "unknown attack":
+        extra = ["--attacks", "contrast,nope"]
+    else:
+        assert score("--model", artifact_dir, "--data", data, "--output", out, "--no-reference", "--images", "1",
+                     *CHEAP) == 0
+        extra = ["--budget", "41"]
+    capsys.readouterr()
+    assert score("--model", artifact_dir, "--data", data, "--output", out, "--no-reference", "--images", "1",
+                 *CHEAP, *extra) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and re.search(message, err), err

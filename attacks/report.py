@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from attacks.scoring import Scores
+from attacks.scoring import Scores, scored
 
 WORST_CASE_RULE = ("an image no attack fooled scores the L2 distance from its clean image to the farthest image "
                    "in [0, 1]^d, sqrt(sum(max(x, 1 - x)^2)): larger than any perturbation could be")
@@ -60,14 +60,14 @@ def build_results(info: RunInfo, scores: Scores, indices: np.ndarray, names: lis
     best = scores.best
     correct = best > 0
     fooled = correct & np.isfinite(best)
-    score = np.where(np.isfinite(best), best, worst)
+    score = scored(best, worst)
     rows = np.flatnonzero(np.isfinite(best))
     unverified = rows[scores.verified_labels[rows] == labels[rows]]
     attacks = {}
     for a, name in enumerate(scores.names):
         d = scores.distances[a]
         hit = (d > 0) & np.isfinite(d)
-        alone = np.where(np.isfinite(d), d, worst)
+        alone = scored(d, worst)
         attacks[name] = {"settings": info.attacks[name],
                          "success_rate": float(hit.sum() / max((d > 0).sum(), 1)), "fooled": int(hit.sum()),
                          **_stats(alone), "median_fooled": _stats(d[hit])["median"],
@@ -105,7 +105,7 @@ def _reference(scores: Scores, score: np.ndarray, worst: np.ndarray) -> dict[str
     """The white-box reference beside the suite: medians, their ratio, and per image who was closer."""
     if scores.reference is None:
         return None
-    ref = np.where(np.isfinite(scores.reference), scores.reference, worst)
+    ref = scored(scores.reference, worst)
     both = (ref > 0) & np.isfinite(scores.reference) & np.isfinite(scores.best)
     median_ref = float(np.median(ref))
     return {"method": "FMN L2 (attacks/whitebox.py), uint8-verified", **_stats(ref),

@@ -100,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="results.json, report.md, cdf.png, gallery.png and state/ (resume) go here")
     o.add_argument("--json", type=Path, default=None, help="also copy results.json here")
     o.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                   help="torch device for --model, the reference and surrogates")
+                   help="torch device for --model and the white-box reference")
     o.add_argument("--timeout-s", type=float, default=30.0, help="--target: seconds per gRPC attempt")
     o.add_argument("--retries", type=int, default=5, help="--target: retries (backoff doubling from 0.2 s) "
                                                           "while the server is unavailable, before giving up")

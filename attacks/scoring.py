@@ -37,6 +37,11 @@ def worst_case_l2(images: np.ndarray) -> np.ndarray:
     return np.sqrt((np.maximum(x, 1 - x) ** 2).sum(axis=1))
 
 
+def scored(distances: np.ndarray, worst: np.ndarray) -> np.ndarray:
+    """The scoring rule per image: the verified distance (0 if misclassified), or ``worst`` where none was found."""
+    return np.where(np.isfinite(distances), distances, worst)
+
+
 class CountingModel:
     """``model`` that counts calls and images and advances a progress bar by the images it was asked about."""
 
@@ -98,20 +103,18 @@ class SuiteRun:
     def run(self, on_chunk: Callable[[list[ChunkResult]], None]) -> list[ChunkResult]:
         """Score every chunk in order, calling ``on_chunk`` with all chunks so far after each one."""
         n = len(self.images)
-        per_chunk = self.budget * len(self.attacks)
-        with tqdm(total=per_chunk * n, desc="score", unit="q", disable=not self.progress, dynamic_ncols=True) as bar:
+        worst = worst_case_l2(self.images)
+        with tqdm(total=self.budget * len(self.attacks) * n, desc="score", unit="q", disable=not self.progress,
+                  dynamic_ncols=True) as bar:
             counter = CountingModel(self.model, bar)
             for chunk, start in enumerate(range(0, n, self.batch_images)):
                 rows = slice(start, start + self.batch_images)
                 self.chunks.append(self._chunk(counter, chunk, start, self.images[rows], self.labels[rows], bar))
-                bar.set_postfix(median=f"{np.median(np.concatenate([self.distances(c) for c in self.chunks])):.4f}",
+                best = collect(self.chunks, list(self.attacks)).best
+                bar.set_postfix(median=f"{np.median(scored(best, worst[:len(best)])):.4f}",
                                 refresh=False)
                 on_chunk(self.chunks)
         return self.chunks
-
-    def distances(self, chunk: ChunkResult) -> np.ndarray:
-        """Each image's minimum over attacks (0 misclassified, inf while no attack fooled it)."""
-        return np.min([a.distances for a in chunk.attacks], axis=0)
 
     def _chunk(self, counter: CountingModel, chunk: int, start: int, images: np.ndarray, labels: np.ndarray,
                bar: tqdm) -> ChunkResult:

@@ -105,6 +105,15 @@ def test_report_has_every_field_and_only_verified_adversarials(artifact_dir, fol
     assert f"median {s['median']:.4f}" in capsys.readouterr().out
 
 
+def test_pooled_budget_lets_an_attack_spend_more_on_some_images_but_not_more_in_all(artifact_dir, folder, tmp_path):
+    out = tmp_path / "out"
+    assert score("--model", artifact_dir, "--data", folder, "--output", out, "--no-reference", "--pooled",
+                 "--attacks", "hsja", "--budget", "30", "--batch-images", "8", "--no-progress") == 0
+    r = read(out)
+    queries = [image["attacks"]["hsja"]["queries"] for image in r["images"]]
+    assert r["budget"]["rule"] == "pooled" and sum(queries) <= 30 * N_IMAGES and max(queries) > 30
+
+
 def test_resumed_run_gives_the_same_report_as_an_uninterrupted_one(artifact_dir, folder, tmp_path, monkeypatch):
     args = ["--model", artifact_dir, "--data", folder, "--no-reference", *CHEAP]
     assert score(*args, "--output", tmp_path / "whole") == 0

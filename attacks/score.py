@@ -45,7 +45,7 @@ from attacks.scoring import ChunkResult, SuiteRun, collect, worst_case_l2  # noq
 from attacks.surrogate import load_surrogate  # noqa: E402
 from attacks.whitebox import minimal_l2  # noqa: E402
 from defense.atomic import atomic_write_text  # noqa: E402
-from defense.client import DefenseClient, DefenseError  # noqa: E402
+from defense.client import DefenseClient, DefenseError, ServerUnavailableError  # noqa: E402
 
 OK, FAILED, BAD_INPUT, MODEL_UNAVAILABLE, INTERRUPTED = 0, 1, 2, 3, 130
 DEFAULT_IMAGES = 100
@@ -211,13 +211,14 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     command = shlex.join(["python", "attacks/score.py", *argv])
     try:
-        if args.budget < 1 or args.batch_images < 1 or args.reference_steps < 1 or (args.images or 1) < 1:
-            raise BadInput("--budget, --batch-images, --reference-steps and --images must be at least 1")
+        if min(args.budget, args.batch_images, args.reference_steps) < 1:
+            raise BadInput("--budget, --batch-images and --reference-steps must be at least 1")
         suite, notes = build_attacks(args)
         model, model_info, class_names = open_model(args)
         evalset = load_eval_data(args.data, args.data_dir, model.info.shape, model.info.num_classes, args.progress)
         total = len(evalset.images)
-        indices = pick(args.images or min(DEFAULT_IMAGES, total), total, args.sample, args.seed)
+        indices = pick(min(DEFAULT_IMAGES, total) if args.images is None else args.images, total, args.sample,
+                       args.seed)
         images, labels = evalset.images[indices], evalset.labels[indices]
         args.output.mkdir(parents=True, exist_ok=True)
         check_resumable(args.output, fingerprint(args, suite, model, images, labels, indices))
@@ -244,7 +245,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run.run(lambda chunks: write_reports(args.output, info, chunks, data, started, complete=False))
     except DefenseError as err:
-        message = (f"the model server at {args.target} stopped answering ({err}); partial results for "
+        what = "stopped answering" if isinstance(err, ServerUnavailableError) else "refused the queries"
+        message = (f"the model server at {args.target} {what} ({err}); partial results for "
                    f"{sum(len(c.verified_labels) for c in run.chunks)} image(s) are in {args.output}: "
                    f"rerun the same command to resume")
         write_reports(args.output, info, run.chunks, data, started, complete=False, error=message)

@@ -111,8 +111,7 @@ class SuiteRun:
                 rows = slice(start, start + self.batch_images)
                 self.chunks.append(self._chunk(counter, chunk, start, self.images[rows], self.labels[rows], bar))
                 best = collect(self.chunks, list(self.attacks)).best
-                bar.set_postfix(median=f"{np.median(scored(best, worst[:len(best)])):.4f}",
-                                refresh=False)
+                bar.set_postfix(median=f"{np.median(scored(best, worst[:len(best)])):.4f}", refresh=False)
                 on_chunk(self.chunks)
         return self.chunks
 

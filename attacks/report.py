@@ -98,7 +98,7 @@ def build_results(info: RunInfo, scores: Scores, indices: np.ndarray, names: lis
             "budget": {"rule": "pooled" if info.pooled else "per_image", "queries": info.budget,
                        "description": info.budget_rule},
             "worst_case": WORST_CASE_RULE, "seed": info.seed, "batch_images": info.batch_images,
-            "notes": info.notes, "summary": summary, "images": images}
+            "notes": info.notes, "summary": summary, "distances": score.tolist(), "images": images}
 
 
 def _reference(scores: Scores, score: np.ndarray, worst: np.ndarray) -> dict[str, Any] | None:

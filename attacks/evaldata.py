@@ -50,7 +50,7 @@ def load_eval_data(source: str, data_dir: Path | None, shape: tuple[int, int, in
         raise EvalDataError(f"--data {source}: {err}") from None
     if images.shape[1:] != shape:
         raise EvalDataError(f"--data {source}: its images are {' x '.join(map(str, images.shape[1:]))} but the model "
-                            f"takes {' x '.join(map(str, shape))} (H x W x C); pick the data set the model was trained on")
+                            f"takes {' x '.join(map(str, shape))} (H x W x C); use the data the model was trained for")
     if labels.max(initial=0) >= num_classes:
         raise EvalDataError(f"--data {source}: labels go up to {labels.max()} but the model has {num_classes} classes")
     return EvalSet(names, images, labels)

@@ -119,6 +119,10 @@ def _fmt(value: float | None, spec: str = ".4f") -> str:
     return "-" if value is None else format(value, spec)
 
 
+def _row(*cells: Any) -> str:
+    return "| " + " | ".join(map(str, cells)) + " |"
+
+
 def markdown(results: dict[str, Any]) -> str:
     """``report.md``: the score, the suite, the reference, the rules and the model, in one page."""
     s = results["summary"]
@@ -126,35 +130,50 @@ def markdown(results: dict[str, Any]) -> str:
     lines = [f"# Black-box L2 score ({state})", "", f"Command: `{results['command']}`", ""]
     if results["error"]:
         lines += [f"**Stopped:** {results['error']}", ""]
-    lines += ["| images | clean accuracy | fooled | not fooled | mean L2 | median L2 | median L2 (fooled) |",
-              "|---|---|---|---|---|---|---|",
-              f"| {s['images']} | {s['clean_accuracy']:.2%} | {s['fooled']} | {s['not_fooled']} | {_fmt(s['mean'])} | "
-              f"{_fmt(s['median'])} | {_fmt(s['median_fooled'])} |", "",
-              "| attack | success rate | median L2 | mean L2 | median L2 (fooled) | wins | queries/image | "
-              "wall s | images/call |", "|---|---|---|---|---|---|---|---|---|"]
+    lines += [_row("images", "clean accuracy", "fooled", "not fooled", "mean L2", "median L2", "median L2 (fooled)"),
+              _row(*["---"] * 7),
+              _row(s["images"], f"{s['clean_accuracy']:.2%}", s["fooled"], s["not_fooled"], _fmt(s["mean"]),
+                   _fmt(s["median"]), _fmt(s["median_fooled"])),
+              "",
+              _row("attack", "success rate", "median L2", "mean L2", "median L2 (fooled)", "wins", "queries/image",
+                   "wall s", "images/call"),
+              _row(*["---"] * 9)]
     for name, a in s["attacks"].items():
-        lines.append(f"| {name} | {a['success_rate']:.2%} | {_fmt(a['median'])} | {_fmt(a['mean'])} | "
-                     f"{_fmt(a['median_fooled'])} | {a['wins']} | {a['queries_mean']:.0f} (max {a['queries_max']}) | "
-                     f"{a['wall_time_s']:.1f} | {a['images_per_call']:.1f} |")
+        lines.append(_row(name, f"{a['success_rate']:.2%}", _fmt(a["median"]), _fmt(a["mean"]),
+                          _fmt(a["median_fooled"]), a["wins"], f"{a['queries_mean']:.0f} (max {a['queries_max']})",
+                          f"{a['wall_time_s']:.1f}", f"{a['images_per_call']:.1f}"))
     lines.append("")
     if (ref := s["reference"]) is not None:
         lines += [f"White-box reference ({ref['method']}): median {_fmt(ref['median'])}, mean {_fmt(ref['mean'])}; "
-                  f"suite / reference median: {_fmt(ref['suite_over_reference_median'], '.3f')}; median per-image "
+                  f"suite / reference median {_fmt(ref['suite_over_reference_median'], '.3f')}; median per-image "
                   f"ratio {_fmt(ref['median_per_image_ratio'], '.3f')}; the suite was closer on "
-                  f"{ref['suite_closer']} image(s).", ""]
-    lines += [f"- Score: an image's distance is the minimum over the attacks of the verified L2 on [0, 1] "
-              f"(uint8 adversarial re-classified); a misclassified clean image scores 0; {results['worst_case']}.",
+                  f"{ref['suite_closer']} image(s).",
+                  ""]
+    q = s["queries"]
+    verified = (f"**{len(s['unverified'])} did not re-verify** (indices {s['unverified'][:10]})"
+                if s["unverified"] else "all re-verified")
+    lines += [f"- Score: an image's distance is the minimum over the attacks of the verified L2 on [0, 1] (uint8 "
+              f"adversarial re-classified); a misclassified clean image scores 0; {results['worst_case']}.",
               f"- Budget: {results['budget']['description']}.",
-              f"- Queries: {s['queries']['attacks_total']} by the attacks ({s['queries']['per_image_mean']:.0f} per "
-              f"image), {s['queries']['verification']} to re-verify the winning adversarials"
-              + (f"; **{len(s['unverified'])} did not re-verify** (indices {s['unverified'][:10]})"
-                 if s["unverified"] else "; all re-verified") + ".",
+              f"- Queries: {q['attacks_total']} by the attacks ({q['per_image_mean']:.0f} per image), "
+              f"{q['verification']} to re-verify the winning adversarials; {verified}.",
               f"- Wall time: {s['wall_time_s']:.1f} s of attack time ({s['session_wall_time_s']:.1f} s this session).",
-              f"- Data: {json.dumps(results['data'])}; seed {results['seed']}, {results['batch_images']} images per "
-              f"chunk.", *(f"- Note: {note}" for note in results["notes"]), "",
-              "![distance CDF](cdf.png)", "", "![clean / adversarial / perturbation](gallery.png)", "",
-              "## Suite", "", *(f"- `{name}`: `{a['settings']}`" for name, a in s["attacks"].items()), "",
-              "## Model", "", *_model_lines(results["model"]), ""]
+              f"- Data: {json.dumps(results['data'])}; seed {results['seed']}; "
+              f"{results['batch_images']} images per chunk.",
+              *(f"- Note: {note}" for note in results["notes"]),
+              "",
+              "![distance CDF](cdf.png)",
+              "",
+              "![clean / adversarial / perturbation](gallery.png)",
+              "",
+              "## Suite",
+              "",
+              *(f"- `{name}`: `{a['settings']}`" for name, a in s["attacks"].items()),
+              "",
+              "## Model",
+              "",
+              *_model_lines(results["model"]),
+              ""]
     return "\n".join(lines)
 
 
@@ -191,6 +210,6 @@ def console(results: dict[str, Any], output: str) -> str:
         lines.append(f"white-box reference median {_fmt(ref['median'])}; suite/reference median "
                      f"{_fmt(ref['suite_over_reference_median'], '.3f')}")
     if s["unverified"]:
-        lines.append(f"warning: {len(s['unverified'])} winning adversarial(s) did not re-verify: {s['unverified'][:10]}")
+        lines.append(f"warning: {len(s['unverified'])} adversarial(s) did not re-verify: {s['unverified'][:10]}")
     lines.append(f"report: {output}/report.md  {output}/results.json  {output}/cdf.png  {output}/gallery.png")
     return "\n".join(lines)

@@ -104,7 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--timeout-s", type=float, default=30.0, help="--target: seconds per gRPC attempt")
     o.add_argument("--retries", type=int, default=5, help="--target: retries (backoff doubling from 0.2 s) "
                                                           "while the server is unavailable, before giving up")
-    o.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar (shown: %(default)s)")
+    o.add_argument("--no-progress", dest="progress", action="store_false",
+                   help="hide the progress bar (shown: %(default)s)")
     return p
 
 

@@ -82,7 +82,7 @@ class ChunkResult:
 
 
 class SuiteRun:
-    """``attacks`` (name -> attack, in suite order) against ``model`` on ``images``/``labels``, state in ``state_dir``."""
+    """``attacks`` (name -> attack, in suite order) on ``images``/``labels`` of ``model``; state in ``state_dir``."""
 
     def __init__(self, model: LabelOnlyModel, images: np.ndarray, labels: np.ndarray, attacks: dict[str, Attack],
                  state_dir: Path, budget: int = 1000, pooled: bool = False, seed: int = 0, batch_images: int = 100,

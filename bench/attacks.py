@@ -33,7 +33,9 @@ import os
 import platform
 import shlex
 import sys
+import tempfile
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -46,8 +48,10 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from attacks import ArtifactModel, BudgetedModel, LabelOnlyModel, create_attack  # noqa: E402
+from attacks import ATTACKS, PRESETS, ArtifactModel, Attack, LabelOnlyModel, build_suite, create_attack  # noqa: E402
 from attacks.lattice import l2, to_uint8, to_unit  # noqa: E402
+from attacks.scoring import SuiteRun  # noqa: E402
+from attacks.whitebox import minimal_l2  # noqa: E402
 from defense.atomic import atomic_write_text  # noqa: E402
 from defense.fashion_mnist import FASHION_MNIST_DIR, load_fashion_split  # noqa: E402
 
@@ -56,13 +60,15 @@ MODELS = {"natural": ROOT / "runs/fmnist-natural/artifact", "trades": ROOT / "ru
 OURS = {"boundary": "boundary", "hsja": "hsja"}  # bench method -> attacks.ATTACKS name
 FOOLBOX = {"foolbox-boundary": "BoundaryAttack", "foolbox-boundary-tuned": "BoundaryAttack",
            "foolbox-hsja": "HopSkipJumpAttack", "foolbox-hsja-tuned": "HopSkipJumpAttack"}
-# Foolbox settings for a 1000-query budget, per model, picked on held-out test images
-# (see docs/benchmarks.md "Attacks" for the grid and the command); "*" for any other model.
+# Foolbox settings for a 1000-query budget, picked on held-out test images (16 from index 5000,
+# grids and commands in docs/benchmarks.md "Attacks"); per model name, "*" for any other model.
+# HSJA: gamma 100 (probes of about 0.13x the distance) with 25 initial gradient probes won on both.
 FOOLBOX_TUNED: dict[str, dict[str, dict[str, Any]]] = {
     "*": {"foolbox-boundary-tuned": {"spherical_step": 0.1, "source_step": 0.03, "update_stats_every_k": 1},
-          "foolbox-hsja-tuned": {"gamma": 1000.0, "initial_gradient_eval_steps": 25}},
+          "foolbox-hsja-tuned": {"gamma": 100.0, "initial_gradient_eval_steps": 25}},
 }
-METHODS = [*OURS, *FOOLBOX]
+METHODS = [*OURS, *FOOLBOX, "suite", "whitebox"]
+SURROGATE = ROOT / "runs/fmnist-surrogate/artifact"
 
 
 def log(message: str) -> None:
@@ -76,7 +82,7 @@ class Result:
     method: str
     settings: str
     distances: np.ndarray
-    adversarials: np.ndarray
+    adversarials: np.ndarray | None  # uint8 N x H x W x C (None: verified by the method itself)
     queries: np.ndarray
     seconds: float
     calls: int = 0
@@ -94,37 +100,27 @@ class Result:
 
 # --- ours --------------------------------------------------------------------------------
 
-class CallCounter:
-    """A :class:`LabelOnlyModel` that counts calls and images (a server's requests and batch sizes) and feeds a bar."""
-
-    def __init__(self, model: LabelOnlyModel, bar: tqdm | None = None) -> None:
-        self.model = model
-        self.info = model.info
-        self.bar = bar
-        self.queries = 0
-        self.calls = 0
-
-    def __call__(self, images: np.ndarray) -> np.ndarray:
-        labels = self.model(images)
-        self.calls += 1
-        self.queries += len(images)
-        if self.bar is not None:
-            self.bar.update(len(images))
-        return labels
+def run_ours(attacks: dict[str, Attack], model: LabelOnlyModel, images: np.ndarray, labels: np.ndarray,
+             budget: int, seed: int) -> list[Result]:
+    """Our attacks exactly as the scorer runs them (:class:`attacks.scoring.SuiteRun`): all images in one
+    chunk, each attack on a fresh ledger with the whole per-image budget (the clean check is one of its queries)."""
+    with tempfile.TemporaryDirectory(prefix="bench-attacks-") as state_dir:
+        run = SuiteRun(model, images, labels, attacks, Path(state_dir), budget=budget, seed=seed,
+                       batch_images=len(images))
+        chunk = run.run(lambda chunks: None)[0]
+    return [Result(name, repr(attack), r.distances, r.best, r.queries, r.seconds, r.calls, int(r.queries.sum()))
+            for (name, attack), r in zip(attacks.items(), chunk.attacks, strict=True)]
 
 
-def run_ours(method: str, settings: dict[str, Any], model: LabelOnlyModel, images: np.ndarray, labels: np.ndarray,
-             budget: int, seed: int) -> Result:
-    """One of our attacks on all images at once, in one ledger (the clean check is one of each image's queries)."""
-    attack = create_attack(OURS[method], **settings)
-    with tqdm(total=budget * len(images), desc=method, unit="q", leave=False, file=sys.stderr) as bar:
-        counter = CallCounter(model, bar)
-        ledger = BudgetedModel(counter, images, labels, budget=budget)
-        start = time.perf_counter()
-        attack.run(ledger, np.arange(len(images)), np.random.default_rng(seed))
-        seconds = time.perf_counter() - start
-    return Result(method, repr(attack), ledger.best_l2.copy(), ledger.best.copy(), ledger.used.copy(), seconds,
-                  counter.calls, counter.queries)
+def suite_min(name: str, members: list[Result]) -> Result:
+    """The suite's score per image: the minimum over its attacks (each spent its own budget, so queries add up)."""
+    distances = np.array([m.distances for m in members])
+    winner = distances.argmin(axis=0)
+    rows = np.arange(distances.shape[1])
+    return Result(name, " + ".join(m.method for m in members), distances[winner, rows],
+                  np.stack([members[w].adversarials[i] for i, w in enumerate(winner)]),
+                  sum(m.queries for m in members), sum(m.seconds for m in members),
+                  sum(m.calls for m in members), sum(m.images_sent for m in members))
 
 
 # --- Foolbox -----------------------------------------------------------------------------
@@ -222,7 +218,7 @@ def first_correct(model: LabelOnlyModel, images: np.ndarray, labels: np.ndarray,
 def verify(model: LabelOnlyModel, result: Result, images: np.ndarray, labels: np.ndarray) -> int:
     """Images whose reported adversarial is not misclassified, or not at its reported distance (0: all good)."""
     fooled = np.flatnonzero(np.isfinite(result.distances))
-    if not len(fooled):
+    if not len(fooled) or result.adversarials is None:
         return 0
     wrong = model(result.adversarials[fooled]) == labels[fooled]
     dist = l2(to_unit(result.adversarials[fooled]), to_unit(images[fooled]))
@@ -234,6 +230,35 @@ def settings_for(method: str, model_name: str, overrides: dict[str, dict[str, An
     return {**tuned, **overrides.get(method, {})}
 
 
+def suite_attacks(preset: str, surrogates: list[Path]) -> dict[str, Attack]:
+    """``build_suite(preset, surrogates)`` keyed ``preset:attack`` (``#2`` on repeats), in suite order."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        attacks = build_suite(preset, surrogates=[str(s) for s in surrogates])
+    for warning in caught:
+        log(f"note: {warning.message}")
+    names = {cls: name for name, cls in ATTACKS.items()}
+    out: dict[str, Attack] = {}
+    for attack in attacks:
+        key = base = f"{preset}:{names[type(attack)]}"
+        repeat = 1
+        while key in out:
+            repeat += 1
+            key = f"{base}#{repeat}"
+        out[key] = attack
+    return out
+
+
+def run_whitebox(net: Callable[[torch.Tensor], torch.Tensor], images: np.ndarray, labels: np.ndarray,
+                 steps: int) -> Result:
+    """The scorer's white-box reference (FMN, :func:`attacks.whitebox.minimal_l2`, which verifies on the lattice)."""
+    start = time.perf_counter()
+    with tqdm(total=1, desc="whitebox", leave=False, file=sys.stderr):
+        distances = minimal_l2(net, images, labels, steps=steps)
+    return Result("whitebox", f"minimal_l2(steps={steps})", distances, None, np.zeros(len(images), dtype=np.int64),
+                  time.perf_counter() - start)
+
+
 def bench_model(name: str, art_dir: Path, images: np.ndarray, labels: np.ndarray,
                 args: argparse.Namespace) -> dict[str, Any]:
     model = ArtifactModel(art_dir)
@@ -241,16 +266,25 @@ def bench_model(name: str, art_dir: Path, images: np.ndarray, labels: np.ndarray
     x, y = images[picked], labels[picked]
     log(f"{name}: {art_dir}, test images {picked[0]}..{picked[-1]} ({len(picked)} correctly classified)")
     results: list[Result] = []
-    for method in args.methods:
-        settings = settings_for(method, name, args.set)
-        if method in OURS:
-            result = run_ours(method, settings, model, x, y, args.budget, args.seed)
-        else:
-            result = run_foolbox(method, settings, model.net, model.info.num_classes, x, y, args.budget, args.seed)
+    ours = {m: create_attack(OURS[m], **settings_for(m, name, args.set)) for m in args.methods if m in OURS}
+    if ours:
+        results += run_ours(ours, model, x, y, args.budget, args.seed)
+    ours_results = list(results)
+    for method in (m for m in args.methods if m in FOOLBOX):
+        results.append(run_foolbox(method, settings_for(method, name, args.set), model.net,
+                                   model.info.num_classes, x, y, args.budget, args.seed))
+    if "suite" in args.methods:
+        members = run_ours(suite_attacks(args.preset, args.surrogates), model, x, y, args.budget, args.seed)
+        results += [*members, suite_min(f"{args.preset} (min)", members)]
+        ours_results += members
+    if "whitebox" in args.methods:
+        results.append(run_whitebox(model.net, x, y, args.whitebox_steps))
+    for result in results:
         result.extra["unverified"] = verify(model, result, x, y)
-        log(f"  {method:<24} median {result.median:.4f}  {result.seconds:7.1f} s  {result.settings}")
-        results.append(result)
-    return {"name": name, "artifact": str(art_dir), "indices": picked, "labels": y, "results": results}
+        log(f"  {result.method:<24} median {result.median:.4f}  {result.seconds:7.1f} s  {result.settings}")
+    best = np.min([r.distances for r in results], axis=0)
+    return {"name": name, "artifact": str(art_dir), "indices": picked, "labels": y, "results": results,
+            "best_known": best, "ours": ours_results}
 
 
 def best_of(results: list[Result], prefix: str) -> Result | None:
@@ -259,29 +293,36 @@ def best_of(results: list[Result], prefix: str) -> Result | None:
     return min(found, key=lambda r: r.median) if found else None
 
 
-def figures(run: dict[str, Any]) -> list[tuple[str, float]]:
-    """The goal lines of one model: ratios of medians and our mean images per model call."""
+def figures(run: dict[str, Any], preset: str) -> list[tuple[str, float]]:
+    """The goal lines of one model: ratios of medians (Foolbox HSJA: its better setting) and our images per call."""
     by_name = {r.method: r for r in run["results"]}
-    out = []
     foolbox_hsja = best_of(run["results"], "foolbox-hsja")
+    suite, whitebox = by_name.get(f"{preset} (min)"), by_name.get("whitebox")
+    out = []
     if "hsja" in by_name and foolbox_hsja is not None:
         out.append(("ours/foolbox hsja median ratio", by_name["hsja"].median / foolbox_hsja.median))
-    ours = [r for r in run["results"] if r.method in OURS]
-    if ours:
-        out.append(("mean images per model call", sum(r.images_sent for r in ours) / sum(r.calls for r in ours)))
+    if suite is not None and foolbox_hsja is not None:
+        out.append(("suite/foolbox-hsja median ratio", suite.median / foolbox_hsja.median))
+    if suite is not None and whitebox is not None:
+        out.append(("suite/whitebox median ratio", suite.median / whitebox.median))
+    if run["ours"]:
+        out.append(("mean images per model call",
+                    sum(r.images_sent for r in run["ours"]) / sum(r.calls for r in run["ours"])))
     return [(f"{run['name']} {label}", value) for label, value in out]
 
 
-def table(runs: list[dict[str, Any]], budget: int) -> str:
-    lines = [f"| model | method | median L2 | mean L2 (fooled) | fooled | queries/image | wall s | images/call |",
+def table(runs: list[dict[str, Any]]) -> str:
+    lines = ["| model | method | median L2 | mean L2 (fooled) | fooled | queries/image (max) | wall s | images/call |",
              "|---|---|---|---|---|---|---|---|"]
     for run in runs:
-        for r in run["results"]:
-            fooled = np.isfinite(r.distances)
-            mean = float(r.distances[fooled].mean()) if fooled.any() else float("nan")
-            lines.append(f"| {run['name']} | {r.method} | {r.median:.4f} | {mean:.4f} | "
-                         f"{fooled.sum()}/{len(fooled)} | {r.queries.mean():.0f} (max {r.queries.max()}, "
-                         f"cap {budget}) | {r.seconds:.1f} | {r.images_per_call:.1f} |")
+        rows = [(r.method, r.distances, f"{r.queries.mean():.0f} ({r.queries.max()})", f"{r.seconds:.1f}",
+                 f"{r.images_per_call:.1f}") for r in run["results"]]
+        rows.append(("best known (min of all)", run["best_known"], "", "", ""))
+        for method, distances, queries, seconds, per_call in rows:
+            fooled = np.isfinite(distances)
+            mean = f"{distances[fooled].mean():.4f}" if fooled.any() else "-"
+            lines.append(f"| {run['name']} | {method} | {np.median(distances):.4f} | {mean} | "
+                         f"{fooled.sum()}/{len(fooled)} | {queries} | {seconds} | {per_call} |")
     return "\n".join(lines)
 
 
@@ -289,7 +330,7 @@ def to_json(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     def dist(values: np.ndarray) -> list[float | None]:
         return [float(v) if np.isfinite(v) else None for v in values]
     return [{"name": run["name"], "artifact": run["artifact"], "test_indices": run["indices"].tolist(),
-             "labels": run["labels"].tolist(),
+             "labels": run["labels"].tolist(), "best_known": dist(run["best_known"]),
              "methods": {r.method: {"settings": r.settings, "median_l2": r.median, "seconds": r.seconds,
                                     "calls": r.calls, "images_sent": r.images_sent,
                                     "distances": dist(r.distances), "queries": r.queries.tolist(), **r.extra}
@@ -339,12 +380,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--budget", type=int, default=1000, help="queries per image, for every method")
     p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {', '.join(METHODS)}")
     p.add_argument("--skip-foolbox", action="store_true", help="leave out the Foolbox methods")
+    p.add_argument("--preset", default="top5", help=f"the suite (attacks.PRESETS: {', '.join(PRESETS) or 'none yet'})")
+    p.add_argument("--surrogates", default=str(SURROGATE) if (SURROGATE / "manifest.json").is_file() else "",
+                   help=f"comma-separated surrogate artifact folders for the suite's transfer attack "
+                        f"(default: {SURROGATE.relative_to(ROOT)} where it exists; empty: none)")
+    p.add_argument("--whitebox-steps", type=int, default=1000, help="FMN steps per run of the white-box reference")
     p.add_argument("--set", action="append", default=[], metavar="METHOD.KEY=VALUE",
                    help="override one setting of a method (repeatable), e.g. foolbox-hsja-tuned.gamma=100 or "
                         "hsja.min_probe=1")
     p.add_argument("--seed", type=int, default=0, help="seed of our attacks' generator and Foolbox's torch seeds")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default); on a shared machine more "
-                        "threads than idle cores make Foolbox's one-image forwards crawl (40x here)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads (0: torch's default); on a shared machine more threads than idle cores "
+                        "make Foolbox's one-image forwards crawl (40x here)")
     p.add_argument("--json", type=Path, default=None, help="also write every figure and per-image distance here")
     argv = sys.argv[1:] if argv is None else argv
     args = p.parse_args(argv)
@@ -356,8 +403,14 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"--methods: unknown {', '.join(unknown)}; choose from {', '.join(METHODS)}")
         if args.skip_foolbox:
             args.methods = [m for m in args.methods if m not in FOOLBOX]
-        if args.images < 1 or args.budget < 1 or args.offset < 0:
-            raise ValueError("--images and --budget must be >= 1, --offset >= 0")
+        if args.images < 1 or args.budget < 1 or args.offset < 0 or args.whitebox_steps < 1:
+            raise ValueError("--images, --budget and --whitebox-steps must be >= 1, --offset >= 0")
+        args.surrogates = [Path(s.strip()) for s in args.surrogates.split(",") if s.strip()]
+        if missing := [str(s) for s in args.surrogates if not (s / "manifest.json").is_file()]:
+            raise ValueError(f"--surrogates: no model artifact at {', '.join(missing)}")
+        if "suite" in args.methods and args.preset not in PRESETS:
+            raise ValueError(f"--preset: unknown {args.preset!r}; choose one of "
+                             f"{', '.join(PRESETS) or '(none defined)'} or leave out the suite (--methods)")
         if missing := [f"{name} ({path})" for name, path in models.items() if not (path / "manifest.json").is_file()]:
             raise ValueError(f"no model artifact at {', '.join(missing)}: train it (docs/training.md) or pass "
                              f"NAME=ARTIFACT_DIR")
@@ -389,8 +442,8 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"\nMedian verified L2 on [0, 1], {args.budget} queries per image, {args.images} Fashion-MNIST test images "
           f"per model (first correctly classified from index {args.offset}), seed {args.seed}; {machine}")
-    print(table(runs, args.budget))
-    lines = [line for run in runs for line in figures(run)]
+    print(table(runs))
+    lines = [line for run in runs for line in figures(run, args.preset)]
     unverified = sum(r.extra["unverified"] for run in runs for r in run["results"])
     if args.json:
         atomic_write_text(args.json, json.dumps({

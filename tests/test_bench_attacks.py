@@ -30,12 +30,13 @@ def test_bench_runs_our_attacks_within_budget_and_reports_goals(bench, fmnist_di
     art = make_artifact(tmp_path / "art")
     out = tmp_path / "bench.json"
     rc = bench.main(["--models", f"tiny={art}", "--data", str(fmnist_dir), "--images", "2", "--budget", "50",
-                     "--skip-foolbox", "--json", str(out)])
+                     "--skip-foolbox", "--methods", "boundary,hsja,whitebox", "--whitebox-steps", "50",
+                     "--json", str(out)])
     assert rc == 0
     report = json.loads(out.read_text())
     methods = report["models"][0]["methods"]
-    assert set(methods) == {"boundary", "hsja"}
-    for result in methods.values():
+    assert set(methods) == {"boundary", "hsja", "whitebox"}
+    for result in (methods["boundary"], methods["hsja"]):
         assert max(result["queries"]) <= 50
         assert result["unverified"] == 0
         assert all(d is not None and d > 0 for d in result["distances"])  # the untrained CNN is easy to fool

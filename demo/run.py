@@ -23,7 +23,7 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -149,28 +149,64 @@ def plot_cdf(distances: dict[str, list[float]], path: Path) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true",
-                   help="smoke run: 1 epoch on 6000 images per model, 16 images at 200 queries")
-    p.add_argument("--output", type=Path, default=Path("runs/demo"),
+                   help="smoke run: 1 epoch on 6000 images per model, 16 images at 200 queries (default: off)")
+    p.add_argument("--output", type=Path, default=None,
                    help="every stage's output; rerunning with the same folder reuses finished stages "
                         "(default: runs/demo, or runs/demo-quick with --quick)")
     p.add_argument("--data", type=Path, default=None,
                    help="Fashion-MNIST IDX folder (default: the training and scoring tools' own default, "
                         "/usr/share/datasets/fashion-mnist)")
+    o = p.add_argument_group("overrides of the demo's (or --quick's) settings")
+    o.add_argument("--epochs", type=int, default=None,
+                   help=f"epochs of every model (demo: {FULL.epochs}; quick: {QUICK.epochs})")
+    o.add_argument("--train-images", type=int, default=None,
+                   help=f"first N training images, 0 = all (demo: {FULL.train_images}; quick: {QUICK.train_images})")
+    o.add_argument("--eval-images", type=int, default=None,
+                   help=f"test images of the per-epoch PGD-20 evaluation (demo: {FULL.eval_images}; "
+                        f"quick: {QUICK.eval_images}); the final one uses 4x as many")
+    o.add_argument("--images", type=int, default=None,
+                   help=f"test images each model is scored on (demo: {FULL.score_images}; quick: {QUICK.score_images})")
+    o.add_argument("--budget", type=int, default=None,
+                   help=f"queries per image per attack (demo: {FULL.budget}; quick: {QUICK.budget})")
     return p
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    """``FULL`` or ``QUICK`` with the override flags applied."""
+    base = QUICK if args.quick else FULL
+    changes: dict[str, Any] = {}
+    if args.epochs is not None:
+        changes["epochs"] = dict.fromkeys(base.epochs, args.epochs)
+    if args.eval_images is not None:
+        changes.update(eval_images=args.eval_images, final_eval_images=4 * args.eval_images)
+    for flag, field in (("train_images", "train_images"), ("images", "score_images"), ("budget", "budget")):
+        if getattr(args, flag) is not None:
+            changes[field] = getattr(args, flag)
+    if any(v < 1 for k, v in changes.items() if k not in ("epochs", "train_images")) \
+            or (args.epochs is not None and args.epochs < 1) or changes.get("train_images", 0) < 0:
+        raise ValueError("--epochs, --eval-images, --images and --budget must be >= 1, --train-images >= 0")
+    return replace(base, **changes)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if "--output" not in (argv if argv is not None else sys.argv[1:]) and args.quick:
-        args.output = Path("runs/demo-quick")
+    args.output = args.output or Path("runs/demo-quick" if args.quick else "runs/demo")
     if args.data is not None and not args.data.is_dir():
         parser.error(f"--data {args.data}: expected a folder with the Fashion-MNIST IDX files")
-    settings = QUICK if args.quick else FULL
+    try:
+        settings = settings_from(args)
+    except ValueError as err:
+        parser.error(str(err))
     args.output.mkdir(parents=True, exist_ok=True)
+    record = args.output / "settings.json"
+    wanted = json.dumps({"data": str(args.data or ""), **asdict(settings)}, indent=2) + "\n"
+    if record.exists() and record.read_text() != wanted:
+        parser.error(f"{args.output} holds a demo run with other settings ({record}); "
+                     "pass another --output or delete that folder")
+    atomic_write_text(record, wanted)
     start = time.monotonic()
     try:
         summaries = {m: train(m, args, settings) for m in ("natural", "trades", "surrogate")}
@@ -183,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     text = table(rows)
     ratio = rows["trades"]["mean_l2"] / rows["natural"]["mean_l2"] if rows["natural"]["mean_l2"] else float("inf")
     plot_cdf({m: reports[m]["distances"] for m in SCORED}, args.output / "cdf.png")
-    result = {"settings": {"quick": args.quick, **settings.__dict__}, "models": rows, "wall_s": wall,
+    result = {"settings": {"quick": args.quick, **asdict(settings)}, "models": rows, "wall_s": wall,
               "trades_over_natural_mean_l2": ratio, "command": " ".join(["python", "demo/run.py", *(argv or sys.argv[1:])])}
     atomic_write_text(args.output / "results.json", json.dumps(result, indent=2) + "\n")
     atomic_write_text(args.output / "results.md", f"# Demo results\n\n{text}\n\nTRADES / natural mean minimal L2: "

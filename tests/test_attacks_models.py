@@ -1,9 +1,6 @@
 """The two LabelOnlyModel implementations agree: an artifact in-process and the same artifact behind the gRPC server."""
 from __future__ import annotations
 
-import asyncio
-import threading
-
 import numpy as np
 import pytest
 import torch
@@ -12,7 +9,7 @@ from torch import nn
 from attacks import ArtifactModel, BudgetedModel, GeoDA, RemoteModel
 from defense.artifact import load_artifact, save_artifact
 from defense.client import DefenseClient
-from defense.server import DefenseServer, ServerConfig
+from tests.model_fixtures import LiveServer
 
 SHAPE = (10, 10, 3)
 
@@ -31,22 +28,9 @@ def artifact_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def server_target(artifact_dir):
     """The artifact served on loopback from an event-loop thread."""
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    server = DefenseServer(load_artifact(artifact_dir), ServerConfig(host="127.0.0.1", port=0, max_images_per_request=64,
-                                                                    max_batch_size=64, max_delay_ms=1))
-
-    def run(coro):
-        return asyncio.run_coroutine_threadsafe(coro, loop).result(timeout=60)
-
-    port = run(server.start())
-    run(server.warm_up())
-    yield f"127.0.0.1:{port}"
-    run(server.stop(grace_s=0))
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join()
-    loop.close()
+    live = LiveServer(load_artifact(artifact_dir), max_images_per_request=64, max_batch_size=64, max_delay_ms=1)
+    yield live.target
+    live.close()
 
 
 def test_remote_and_in_process_models_agree_and_count_queries(artifact_dir, server_target):

@@ -9,7 +9,7 @@ from torch import nn
 from attacks import ArtifactModel, BudgetedModel, GeoDA, RemoteModel
 from defense.artifact import load_artifact, save_artifact
 from defense.client import DefenseClient
-from tests.model_fixtures import LiveServer
+from model_fixtures import LiveServer
 
 SHAPE = (10, 10, 3)
 

@@ -36,6 +36,14 @@ RUN_RECORD = "sweep-run.json"
 OWNED_FLAGS = ("--beta", "--loss", "--output-dir", "--resume", "--final-eval-images", "--recipe")
 
 
+class RunFailed(RuntimeError):
+    """A training run exited non-zero (train_tiny.py has printed why)."""
+
+    def __init__(self, beta: float, code: int) -> None:
+        super().__init__(f"the run for beta {beta:g} failed (train_tiny.py exit {code})")
+        self.code = code
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -90,14 +98,6 @@ def train_or_reuse(beta: float, args: argparse.Namespace, extra: list[str]) -> d
             "eval_attack": final["eval_attack"], "epochs": summary["epochs"],
             "train_seconds": sum(h["train_seconds"] for h in summary["history"]),
             "wall_seconds": record["wall_seconds"], "reused": reused, "output_dir": str(out)}
-
-
-class RunFailed(RuntimeError):
-    """A training run exited non-zero (train_tiny.py has printed why)."""
-
-    def __init__(self, beta: float, code: int) -> None:
-        super().__init__(f"the run for beta {beta:g} failed (train_tiny.py exit {code})")
-        self.code = code
 
 
 def standard_error(accuracy: float, n: int) -> float:

@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                                 epilog="Any other flag is passed to every train_tiny.py run "
-                                       "(see `python training/train_tiny.py --help`), e.g. --lr 0.03 --threads 2.")
+                                       "(see `python training/train_tiny.py --help`), e.g. --threads 1 (best while other jobs hold the cores) or --lr 0.03.")
     p.add_argument("--betas", type=float, nargs="+", default=[1.0, 2.0, 3.0, 4.0, 5.0],
                    help="TRADES beta = 1/lambda values, one training run each")
     p.add_argument("--epochs", type=int, default=2, help="training epochs of every run")

@@ -70,7 +70,7 @@ FOOLBOX_TUNED: dict[str, dict[str, dict[str, Any]]] = {
           "foolbox-hsja-tuned": {"gamma": 100.0, "initial_gradient_eval_steps": 25}},
 }
 METHODS = [*OURS, *FOOLBOX, "suite", "whitebox"]
-SURROGATE = ROOT / "runs/fmnist-surrogate/artifact"
+SURROGATES = sorted(p.parent for p in ROOT.glob("runs/fmnist-surrogate*/artifact/manifest.json"))
 
 
 def log(message: str) -> None:
@@ -383,9 +383,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {', '.join(METHODS)}")
     p.add_argument("--skip-foolbox", action="store_true", help="leave out the Foolbox methods")
     p.add_argument("--preset", default="top5", help=f"the suite (attacks.PRESETS: {', '.join(PRESETS) or 'none yet'})")
-    p.add_argument("--surrogates", default=str(SURROGATE) if (SURROGATE / "manifest.json").is_file() else "",
-                   help=f"comma-separated surrogate artifact folders for the suite's transfer attack "
-                        f"(default: {SURROGATE.relative_to(ROOT)} where it exists; empty: none)")
+    p.add_argument("--surrogates", default=",".join(map(str, SURROGATES)),
+                   help="comma-separated surrogate artifact folders for the suite's attacks that use them "
+                        "(every runs/fmnist-surrogate*/artifact by default; empty: none)")
     p.add_argument("--whitebox-steps", type=int, default=1000, help="FMN steps per run of the white-box reference")
     p.add_argument("--set", action="append", default=[], metavar="METHOD.KEY=VALUE",
                    help="override one setting of a method (repeatable), e.g. foolbox-hsja-tuned.gamma=100 or "

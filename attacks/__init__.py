@@ -18,6 +18,7 @@ import warnings
 from typing import Sequence
 
 from attacks.base import Attack
+from attacks.biased import BiasedBoundaryAttack
 from attacks.boundary import BoundaryAttack
 from attacks.budgeted import BudgetedModel, BudgetExceeded
 from attacks.geoda import GeoDA
@@ -37,6 +38,7 @@ ATTACKS: dict[str, type[Attack]] = {
     "boundary": BoundaryAttack,
     "hsja": HopSkipJump,
     "geoda": GeoDA,
+    "biased_boundary": BiasedBoundaryAttack,
     "transfer": TransferAttack,
 }
 
@@ -70,6 +72,6 @@ def build_suite(preset: str, surrogates: Sequence[str] = ()) -> list[Attack]:
 
 
 __all__ = ["ATTACKS", "PRESETS", "SURROGATE_ATTACKS", "AdditiveGaussianNoise", "AdditiveUniformNoise", "ArtifactModel",
-           "Attack", "BlendedUniformNoise", "BoundaryAttack", "BudgetExceeded", "BudgetedModel", "ContrastReduction",
+           "Attack", "BiasedBoundaryAttack", "BlendedUniformNoise", "BoundaryAttack", "BudgetExceeded", "BudgetedModel", "ContrastReduction",
            "GeoDA", "HopSkipJump", "LabelOnlyModel", "ModelInfo", "OtherClassBlend", "RemoteModel", "SuiteEntry",
            "TorchModel", "TransferAttack", "build_suite", "create_attack"]

@@ -16,6 +16,7 @@ spherical steps are drawn in low DCT frequencies (``freq``, as in the low-freque
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -41,6 +42,7 @@ class BoundaryAttack(Attack):
     def _run(self, model: BudgetedModel, ids: np.ndarray, rng: np.random.Generator) -> None:
         ids = with_starts(model, ids, rng, self.init)
         clean, x = model.clean(ids), model.starts(ids)
+        sample = self._sampler(model, ids, rng)
         n = len(ids)
         spherical = np.full(n, self.spherical_step, dtype=np.float32)
         source = np.full(n, self.source_step, dtype=np.float32)
@@ -53,7 +55,7 @@ class BoundaryAttack(Attack):
                 break
             check = (steps[rows] % self.check_every == 0) & (left[rows] >= 2)
             sph_candidates, candidates = self._proposals(clean[rows], x[rows], spherical[rows], source[rows],
-                                                      model.images.shape[1:], rng)
+                                                      sample(rows, x[rows]))
             checked = rows[check]
             is_adv = model.is_adversarial(np.concatenate([candidates, sph_candidates[check]]),
                                           np.concatenate([ids[rows], ids[checked]]))
@@ -67,14 +69,20 @@ class BoundaryAttack(Attack):
             self._adapt(spherical, source, sph_tries, sph_hits, self.spherical_window, (0.2, 0.5), both=True)
             self._adapt(spherical, source, step_tries, step_hits, self.step_window, (0.1, 0.25), both=False)
 
+    def _sampler(self, model: BudgetedModel, ids: np.ndarray,
+                 rng: np.random.Generator) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+        """Draws the raw spherical-step directions for ``rows`` (indices into ``ids``) at their current points."""
+        shape = model.images.shape[1:]
+        return lambda rows, points: sample_directions(rng, len(rows), shape, self.freq)
+
     def _proposals(self, clean: np.ndarray, x: np.ndarray, spherical: np.ndarray, source: np.ndarray,
-                   shape: tuple[int, int, int], rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        """The spherical step alone and the full candidate (spherical, then toward clean), both clipped to the box."""
+                   eta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The spherical step along ``eta`` (made orthogonal to x - clean) alone and the full candidate
+        (spherical, then toward clean), both clipped to the box."""
         diff = x - clean
         dist = np.linalg.norm(diff, axis=1, keepdims=True)
         unit = diff / dist
-        eta = sample_directions(rng, len(x), shape, self.freq)
-        eta -= np.sum(eta * unit, axis=1, keepdims=True) * unit
+        eta = eta - np.sum(eta * unit, axis=1, keepdims=True) * unit
         eta *= spherical[:, None] * dist / np.linalg.norm(eta, axis=1, keepdims=True)
         on_sphere = np.clip(clean + (diff + eta) / np.sqrt(1 + spherical[:, None] ** 2), 0, 1)
         towards = on_sphere - clean

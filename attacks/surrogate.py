@@ -29,6 +29,21 @@ def load_surrogate(path: str, device: str = "cpu") -> tuple[nn.Module, tuple[int
     return net, artifact.input_shape, artifact.num_classes
 
 
+def load_ensemble(paths: Sequence[str], shape: tuple[int, int, int], num_classes: int, combine: str = "logits",
+                  device: str = "cpu") -> Ensemble:
+    """The surrogates at ``paths`` as one :class:`Ensemble`, refusing any whose images or classes differ from the target's."""
+    if not paths:
+        raise ValueError("no surrogate artifact folders given")
+    nets = []
+    for path in paths:
+        net, input_shape, classes = load_surrogate(str(path), device)
+        if input_shape != tuple(shape) or classes != num_classes:
+            raise ValueError(f"surrogate {path} takes {input_shape} images with {classes} classes; "
+                             f"the target takes {tuple(shape)} with {num_classes}")
+        nets.append(net)
+    return Ensemble(nets, combine)
+
+
 def margin(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Per row: the best other class's logit minus the true class's (> 0 exactly when misclassified)."""
     true = logits.gather(1, labels[:, None]).squeeze(1)

@@ -28,7 +28,7 @@ from attacks.budgeted import BudgetedModel
 from attacks.geoda import GeoDA
 from attacks.lattice import STEP, quantize
 from attacks.linesearch import bisect
-from attacks.surrogate import COMBINE, Ensemble, load_surrogate, pgd_l2, to_rows, to_tensor
+from attacks.surrogate import COMBINE, load_ensemble, pgd_l2, to_rows, to_tensor
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,7 @@ class TransferAttack(Attack):
 
     def _run(self, model: BudgetedModel, ids: np.ndarray, rng: np.random.Generator) -> None:
         shape = model.images.shape[1:]
-        ensemble = self._ensemble(shape, model.model.info.num_classes)
+        ensemble = load_ensemble(self.surrogates, shape, model.model.info.num_classes, self.combine, self.device)
         clean = model.clean(ids)
         x = to_tensor(clean, shape, self.device)
         labels = torch.from_numpy(model.labels[ids]).to(self.device)
@@ -64,16 +64,6 @@ class TransferAttack(Attack):
                 search_line(model, ids, clean, candidate)
         if self.refine is not None:
             self.refine.run(model, ids, rng)
-
-    def _ensemble(self, shape: tuple[int, int, int], num_classes: int) -> Ensemble:
-        nets = []
-        for path in self.surrogates:
-            net, input_shape, classes = load_surrogate(str(path), self.device)
-            if input_shape != shape or classes != num_classes:
-                raise ValueError(f"surrogate {path} takes {input_shape} images with {classes} classes; "
-                                 f"the target takes {shape} with {num_classes}")
-            nets.append(net)
-        return Ensemble(nets, self.combine)
 
 
 def search_line(model: BudgetedModel, ids: np.ndarray, clean: np.ndarray, candidate: np.ndarray) -> None:

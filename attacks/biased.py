@@ -1,0 +1,78 @@
+"""Surrogate-biased Boundary Attack (Brunner, Diehl, Truong Le & Knoll, "Guessing Smart: Biased Sampling for
+Efficient Black-Box Adversarial Attacks", ICCV 2019; the NeurIPS 2018 AVC's winning untargeted attack).
+
+The Boundary Attack's spherical steps are random; here each one is a mix of a random
+low-frequency direction (the paper's Perlin noise; low DCT frequencies here, as in
+:class:`attacks.boundary.BoundaryAttack`) and the gradient of a surrogate ensemble's
+adversarial loss at the current point, both made orthogonal to the line to the clean
+image: ``sqrt(1 - bias) * random + sqrt(bias) * gradient``. The gradient points to where
+the target is more likely still fooled, so more of the steps toward the clean image
+succeed. It is recomputed only for images whose point moved since the last step.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+
+from attacks.boundary import BoundaryAttack
+from attacks.budgeted import BudgetedModel
+from attacks.directions import sample_directions
+from attacks.surrogate import COMBINE, Ensemble, load_ensemble, to_rows, to_tensor
+
+
+@dataclass(frozen=True)
+class BiasedBoundaryAttack(BoundaryAttack):
+    """``surrogates``: artifact folders; ``bias``: the gradient's share (0: the plain Boundary Attack, 1: gradient only)."""
+
+    surrogates: tuple[str, ...] = ()
+    bias: float = 0.5
+    combine: str = "logits"
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        if not self.surrogates:
+            raise ValueError("the biased boundary attack needs at least one surrogate artifact folder (surrogates=(...))")
+        if not 0 <= self.bias <= 1:
+            raise ValueError(f"bias must be in [0, 1], got {self.bias}")
+        if self.combine not in COMBINE:
+            raise ValueError(f"combine must be one of {COMBINE}, got {self.combine!r}")
+
+    def _sampler(self, model: BudgetedModel, ids: np.ndarray,
+                 rng: np.random.Generator) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+        shape = model.images.shape[1:]
+        ensemble = load_ensemble(self.surrogates, shape, model.model.info.num_classes, self.combine, self.device)
+        return SurrogateBias(ensemble, model.clean(ids), model.labels[ids], shape, self.freq, self.bias, rng,
+                             self.device)
+
+
+class SurrogateBias:
+    """Spherical-step directions for the images of one run: random low-frequency plus the surrogate gradient."""
+
+    def __init__(self, ensemble: Ensemble, clean: np.ndarray, labels: np.ndarray, shape: tuple[int, int, int],
+                 freq: float, bias: float, rng: np.random.Generator, device: str) -> None:
+        self.ensemble, self.clean, self.shape, self.freq, self.bias, self.rng = ensemble, clean, shape, freq, bias, rng
+        self.device = device
+        self.labels = torch.from_numpy(labels).to(device)
+        self.at = np.full_like(clean, np.nan)  # the point each cached gradient was taken at
+        self.grad = np.zeros_like(clean)
+
+    def __call__(self, rows: np.ndarray, points: np.ndarray) -> np.ndarray:
+        moved = np.flatnonzero(np.any(self.at[rows] != points, axis=1))
+        if len(moved):
+            stale = rows[moved]
+            _, grad = self.ensemble.gradient(to_tensor(points[moved], self.shape, self.device), self.labels[stale])
+            self.grad[stale] = to_rows(grad)
+            self.at[stale] = points[moved]
+        unit = _unit(points - self.clean[rows])
+        grad = self.grad[rows]
+        grad = _unit(grad - np.sum(grad * unit, axis=1, keepdims=True) * unit)
+        noise = sample_directions(self.rng, len(rows), self.shape, self.freq)
+        noise = _unit(noise - np.sum(noise * unit, axis=1, keepdims=True) * unit)
+        return np.sqrt(1 - self.bias) * noise + np.sqrt(self.bias) * grad
+
+
+def _unit(v: np.ndarray) -> np.ndarray:
+    return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)

@@ -1,0 +1,155 @@
+"""Transfer attacks from surrogate artifacts, the white-box FMN reference, and the preset suites."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from attacks import (PRESETS, SURROGATE_ATTACKS, ArtifactModel, BiasedBoundaryAttack, BoundaryAttack, BudgetedModel,
+                     TransferAttack, build_suite)
+from attacks.lattice import l2, to_unit
+from attacks.suite import SuiteEntry
+from attacks.whitebox import minimal_l2
+from defense.artifact import save_artifact
+from model_fixtures import make_artifact
+from test_attacks import NOISE_START, CountingModel, linear_problem
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(scope="module")
+def surrogate_dir(tmp_path_factory):
+    return make_artifact(tmp_path_factory.mktemp("surrogate") / "artifact")
+
+
+@pytest.fixture(scope="module")
+def target(surrogate_dir):
+    """The fixture CNN in-process, and six random images labelled with its own predictions."""
+    model = ArtifactModel(surrogate_dir)
+    images = np.random.default_rng(0).integers(0, 256, size=(6, 28, 28, 1), dtype=np.uint8)
+    return model, images, model(images)
+
+
+@pytest.fixture(scope="module")
+def linear(tmp_path_factory):
+    """The linear problem with an exact answer, and its own model saved as an artifact (a perfect surrogate)."""
+    problem = linear_problem()
+    art = save_artifact(problem.model.net, tmp_path_factory.mktemp("linear") / "artifact", input_shape=(8, 8, 1),
+                        class_names=["a", "b", "c"], arch="linear", dataset="test", training={}, metrics={})
+    return problem, art
+
+
+def test_transfer_returns_verified_adversarials_within_budget(target, surrogate_dir):
+    net, images, labels = target
+    counter = CountingModel(net)
+    model = BudgetedModel(counter, images, labels, budget=200)
+    TransferAttack(surrogates=(str(surrogate_dir),), radii=(1.0, 4.0), steps=5).run(
+        model, np.arange(len(images)), np.random.default_rng(0))
+    assert counter.queries == model.used.sum() and model.used.max() <= 200
+    assert np.all(np.isfinite(model.best_l2)), "every image fooled"
+    assert np.all(net(model.best) != labels), "every reported adversarial is misclassified as sent"
+    np.testing.assert_allclose(model.best_l2, l2(to_unit(model.best), to_unit(images)))
+    assert model.used.min() > 100, "the refinement spends what the lines left"
+
+
+def test_transfer_lines_alone_cost_a_few_queries_and_skip_misclassified_images(target, surrogate_dir):
+    net, images, labels = target
+    wrong = labels.copy()
+    wrong[0] = (wrong[0] + 1) % 10
+    model = BudgetedModel(net, images, wrong, budget=200)
+    TransferAttack(surrogates=(str(surrogate_dir),), radii=(1.0, 4.0), steps=5, refine=None).run(
+        model, np.arange(len(images)), np.random.default_rng(0))
+    assert model.used[0] == 1 and model.best_l2[0] == 0
+    assert np.all(np.isfinite(model.best_l2)) and model.used.max() <= 1 + 4 * 12
+
+
+def test_transfer_from_the_model_itself_finds_the_exact_minimum_of_a_linear_model(linear):
+    problem, art = linear
+    model = BudgetedModel(problem.model, problem.images, problem.labels, budget=100)
+    TransferAttack(surrogates=(str(art), str(art)), combine="loss", refine=None).run(
+        model, np.arange(len(problem.images)), np.random.default_rng(0))
+    ratio = model.best_l2 / problem.exact
+    assert np.all(ratio >= 1 - 1e-9), "closer than the exact minimum: the adversarial is not real"
+    assert np.max(ratio) <= 1.02
+    assert model.used.max() <= 100
+
+
+def test_transfer_refuses_missing_or_mismatched_surrogates(linear, target):
+    _, art = linear
+    net, images, labels = target
+    with pytest.raises(ValueError, match="at least one surrogate"):
+        TransferAttack()
+    model = BudgetedModel(net, images, labels, budget=50)
+    with pytest.raises(ValueError, match=r"takes \(8, 8, 1\) images with 3 classes"):
+        TransferAttack(surrogates=(str(art),)).run(model, np.arange(len(images)), np.random.default_rng(0))
+
+
+def test_biased_boundary_returns_verified_adversarials_within_budget(target, surrogate_dir):
+    net, images, labels = target
+    counter = CountingModel(net)
+    model = BudgetedModel(counter, images, labels, budget=150)
+    BiasedBoundaryAttack(surrogates=(str(surrogate_dir),)).run(model, np.arange(len(images)), np.random.default_rng(0))
+    assert counter.queries == model.used.sum() and model.used.max() <= 150
+    assert np.all(np.isfinite(model.best_l2)) and np.all(net(model.best) != labels)
+    np.testing.assert_allclose(model.best_l2, l2(to_unit(model.best), to_unit(images)))
+
+
+def test_surrogate_gradient_bias_beats_random_steps_when_the_surrogate_is_right(linear):
+    problem, art = linear
+    ratios = {}
+    for name, attack in (("plain", BoundaryAttack(freq=1.0, init=NOISE_START)),
+                         ("biased", BiasedBoundaryAttack(surrogates=(str(art),), freq=1.0, init=NOISE_START))):
+        model = BudgetedModel(problem.model, problem.images, problem.labels, budget=300)
+        attack.run(model, np.arange(len(problem.images)), np.random.default_rng(0))
+        ratios[name] = model.best_l2 / problem.exact
+    assert np.all(ratios["biased"] >= 1 - 1e-9)
+    assert np.median(ratios["biased"]) < np.median(ratios["plain"])
+    assert np.median(ratios["biased"]) <= 1.1
+
+
+def test_fmn_reference_is_within_a_few_percent_of_the_exact_minimum(linear):
+    problem, _ = linear
+    distances = minimal_l2(problem.model.net, problem.images, problem.labels, steps=200)
+    ratio = distances / problem.exact
+    assert np.all(ratio >= 1 - 1e-9) and np.max(ratio) <= 1.03
+
+
+def test_fmn_reference_gives_zero_for_misclassified_images_and_finds_the_rest(target):
+    net, images, labels = target
+    wrong = labels.copy()
+    wrong[0] = (wrong[0] + 1) % 10
+    distances = minimal_l2(net.net, images, wrong, steps=50, step_sizes=(1.0,), batch_size=4)
+    assert distances[0] == 0
+    assert np.all(np.isfinite(distances[1:])) and np.all(distances[1:] > 0)
+
+
+def test_build_suite_fills_in_surrogates_and_drops_surrogate_attacks_without_them(surrogate_dir):
+    assert "top5" in PRESETS and "quick" in PRESETS
+    for entries in PRESETS.values():
+        assert all(isinstance(e, SuiteEntry) and e.source for e in entries)
+    with_surrogates = build_suite("top5", surrogates=[surrogate_dir])
+    assert len(with_surrogates) == len(PRESETS["top5"]) == 5
+    needing = [a for a in with_surrogates if isinstance(a, (TransferAttack, BiasedBoundaryAttack))]
+    assert any(isinstance(a, TransferAttack) for a in needing)
+    assert all(a.surrogates == (str(surrogate_dir),) for a in needing)
+    with pytest.warns(UserWarning, match="left out transfer"):
+        without = build_suite("top5")
+    assert len(without) == 5 - len(needing)
+    assert not any(isinstance(a, (TransferAttack, BiasedBoundaryAttack)) for a in without)
+    assert SURROGATE_ATTACKS == {"transfer", "biased_boundary"}
+    with pytest.raises(ValueError, match="unknown preset"):
+        build_suite("top6")
+
+
+def test_surrogate_gradients_flow_through_an_exported_artifact(surrogate_dir):
+    from attacks.surrogate import Ensemble, load_surrogate, pgd_l2
+
+    net, shape, classes = load_surrogate(str(surrogate_dir))
+    assert shape == (28, 28, 1) and classes == 10
+    x = torch.rand(3, 1, 28, 28)
+    labels = net(x).argmax(1)
+    adv = pgd_l2(Ensemble([net]), x, labels, radius=0.5, steps=5)
+    assert torch.all((adv - x).flatten(1).norm(dim=1) <= 0.5 + 1e-4)
+    assert torch.all(adv >= 0) and torch.all(adv <= 1)
+    before, after = Ensemble([net]).loss(x, labels), Ensemble([net]).loss(adv, labels)
+    assert torch.all(after > before), "PGD raises the surrogate's margin loss"

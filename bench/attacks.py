@@ -450,8 +450,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         atomic_write_text(args.json, json.dumps({
             "machine": machine, "command": shlex.join(["python", "bench/attacks.py", *argv]),
-            "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-            "models": to_json(runs), "figures": dict(lines)}, indent=2) + "\n")
+            "args": vars(args), "models": to_json(runs), "figures": dict(lines)}, indent=2, default=str) + "\n")
     if unverified:
         print(f"\n{unverified} reported adversarial(s) failed re-verification")
     print()

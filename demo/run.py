@@ -56,7 +56,7 @@ class Settings:
 
 FULL = Settings(epochs={"natural": 3, "trades": 4, "surrogate": 2}, train_images=0, eval_images=500,
                 final_eval_images=2000, score_images=100, budget=1000)
-QUICK = Settings(epochs={"natural": 1, "trades": 1, "surrogate": 1}, train_images=6000, eval_images=200,
+QUICK = Settings(epochs={"natural": 1, "trades": 1, "surrogate": 1}, train_images=20000, eval_images=200,
                  final_eval_images=500, score_images=16, budget=200)
 LOSS_FLAGS = {"natural": ["--loss", "natural"], "trades": ["--loss", "trades", "--beta", "6"],
               "surrogate": ["--loss", "pgd_at", "--seed", "1"]}
@@ -158,7 +158,7 @@ def plot_cdf(distances: dict[str, list[float]], path: Path) -> None:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true",
-                   help="smoke run: 1 epoch on 6000 images per model, 16 images at 200 queries (default: off)")
+                   help="smoke run: 1 epoch on 20000 images per model, 16 images at 200 queries (default: off)")
     p.add_argument("--output", type=Path, default=None,
                    help="every stage's output; rerunning with the same folder reuses finished stages "
                         "(default: runs/demo, or runs/demo-quick with --quick)")

@@ -34,7 +34,7 @@ test: setup
 demo: setup
 	$(PY) demo/run.py --output $(RUNS)/demo
 
-# Every stage of the demo on small settings (under 3 minutes).
+# Every stage of the demo on small settings (a smoke run).
 demo-quick: setup
 	$(PY) demo/run.py --quick --output $(RUNS)/demo-quick
 

@@ -1,7 +1,7 @@
 """The main job end to end on Fashion-MNIST: train, export, serve label-only, attack, compare.
 
-    python demo/run.py            # the full demo (about 20 minutes on 2 CPU cores)
-    python demo/run.py --quick    # a smoke run of every stage (under 3 minutes)
+    python demo/run.py            # the full demo (sized for 20 minutes on 2 CPU cores)
+    python demo/run.py --quick    # a smoke run of every stage on small settings
 
 Three models are trained with ``training/train_tiny.py --recipe fmnist-cpu``: a natural
 one, a TRADES one (beta 6) and a PGD-AT surrogate that only the transfer attack sees.

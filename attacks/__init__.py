@@ -59,7 +59,7 @@ def build_suite(preset: str, surrogates: Sequence[str] = ()) -> list[Attack]:
         raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
     attacks, dropped = [], []
     for entry in PRESETS[preset]:
-        if entry.name not in SURROGATE_ATTACKS:
+        if not entry.needs_surrogates:
             attacks.append(create_attack(entry.name, **entry.kwargs))
         elif surrogates:
             attacks.append(create_attack(entry.name, **entry.kwargs, surrogates=tuple(map(str, surrogates))))
@@ -71,7 +71,8 @@ def build_suite(preset: str, surrogates: Sequence[str] = ()) -> list[Attack]:
     return attacks
 
 
-__all__ = ["ATTACKS", "PRESETS", "SURROGATE_ATTACKS", "AdditiveGaussianNoise", "AdditiveUniformNoise", "ArtifactModel",
-           "Attack", "BiasedBoundaryAttack", "BlendedUniformNoise", "BoundaryAttack", "BudgetExceeded", "BudgetedModel", "ContrastReduction",
-           "GeoDA", "HopSkipJump", "LabelOnlyModel", "ModelInfo", "OtherClassBlend", "RemoteModel", "SuiteEntry",
-           "TorchModel", "TransferAttack", "build_suite", "create_attack"]
+__all__ = ["ATTACKS", "PRESETS", "SURROGATE_ATTACKS", "AdditiveGaussianNoise", "AdditiveUniformNoise",
+           "ArtifactModel", "Attack", "BiasedBoundaryAttack", "BlendedUniformNoise", "BoundaryAttack",
+           "BudgetExceeded", "BudgetedModel", "ContrastReduction", "GeoDA", "HopSkipJump", "LabelOnlyModel",
+           "ModelInfo", "OtherClassBlend", "RemoteModel", "SuiteEntry", "TorchModel", "TransferAttack", "build_suite",
+           "create_attack"]

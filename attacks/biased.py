@@ -1,5 +1,5 @@
 """Surrogate-biased Boundary Attack (Brunner, Diehl, Truong Le & Knoll, "Guessing Smart: Biased Sampling for
-Efficient Black-Box Adversarial Attacks", ICCV 2019; the NeurIPS 2018 AVC's winning untargeted attack).
+Efficient Black-Box Adversarial Attacks", ICCV 2019; an attack entry of the NeurIPS 2018 AVC).
 
 The Boundary Attack's spherical steps are random; here each one is a mix of a random
 low-frequency direction (the paper's Perlin noise; low DCT frequencies here, as in
@@ -25,7 +25,8 @@ from attacks.surrogate import COMBINE, Ensemble, load_ensemble, to_rows, to_tens
 
 @dataclass(frozen=True)
 class BiasedBoundaryAttack(BoundaryAttack):
-    """``surrogates``: artifact folders; ``bias``: the gradient's share (0: the plain Boundary Attack, 1: gradient only)."""
+    """``surrogates``: artifact folders; ``bias``: the gradient's share of each spherical step
+    (0: the plain Boundary Attack, 1: the gradient alone)."""
 
     surrogates: tuple[str, ...] = ()
     bias: float = 0.5
@@ -34,7 +35,8 @@ class BiasedBoundaryAttack(BoundaryAttack):
 
     def __post_init__(self) -> None:
         if not self.surrogates:
-            raise ValueError("the biased boundary attack needs at least one surrogate artifact folder (surrogates=(...))")
+            raise ValueError("the biased boundary attack needs at least one surrogate artifact folder "
+                             "(surrogates=(...))")
         if not 0 <= self.bias <= 1:
             raise ValueError(f"bias must be in [0, 1], got {self.bias}")
         if self.combine not in COMBINE:

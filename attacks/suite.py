@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-SURROGATE_ATTACKS = frozenset({"transfer", "biased_boundary"})  # ATTACKS names whose ``surrogates`` field build_suite fills
+SURROGATE_ATTACKS = frozenset({"transfer", "biased_boundary"})  # their ``surrogates`` come from build_suite
 
 
 @dataclass(frozen=True)
@@ -33,7 +33,7 @@ BOUNDARY = SuiteEntry("boundary", source="Brendel, Rauber & Bethge, Decision-Bas
 HSJA = SuiteEntry("hsja", source="Chen, Jordan & Wainwright, HopSkipJumpAttack, IEEE S&P 2020")
 GEODA = SuiteEntry("geoda", source="Rahmati, Moosavi-Dezfooli, Frossard & Dai, GeoDA, CVPR 2020")
 BIASED = SuiteEntry("biased_boundary", source="Brunner, Diehl, Truong Le & Knoll, Guessing Smart: Biased Sampling "
-                                              "for Efficient Black-Box Adversarial Attacks, ICCV 2019 (AVC 2018 winner)")
+                                              "for Efficient Black-Box Adversarial Attacks, ICCV 2019")
 TRANSFER = SuiteEntry("transfer", source="Papernot et al., Transferability in Machine Learning, 2016; Liu et al., "
                                          "Delving into Transferable Adversarial Examples, ICLR 2017; Dong et al., "
                                          "MI-FGSM, CVPR 2018; refined by GeoDA")

@@ -31,7 +31,7 @@ def load_surrogate(path: str, device: str = "cpu") -> tuple[nn.Module, tuple[int
 
 def load_ensemble(paths: Sequence[str], shape: tuple[int, int, int], num_classes: int, combine: str = "logits",
                   device: str = "cpu") -> Ensemble:
-    """The surrogates at ``paths`` as one :class:`Ensemble`, refusing any whose images or classes differ from the target's."""
+    """The surrogates at ``paths`` as one :class:`Ensemble`; refuses any whose input shape or classes differ."""
     if not paths:
         raise ValueError("no surrogate artifact folders given")
     nets = []
@@ -122,7 +122,8 @@ def _pgd_chunk(ensemble: Ensemble, x: torch.Tensor, labels: torch.Tensor, radius
 
 def to_tensor(rows: np.ndarray, shape: tuple[int, int, int], device: str | torch.device = "cpu") -> torch.Tensor:
     """Float rows (n x H*W*C, HWC order, [0, 1]) as an N x C x H x W tensor."""
-    return torch.from_numpy(np.ascontiguousarray(rows, dtype=np.float32)).to(device).view(-1, *shape).permute(0, 3, 1, 2)
+    x = torch.from_numpy(np.ascontiguousarray(rows, dtype=np.float32)).to(device)
+    return x.view(-1, *shape).permute(0, 3, 1, 2)
 
 
 def to_rows(x: torch.Tensor) -> np.ndarray:

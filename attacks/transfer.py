@@ -1,11 +1,10 @@
-"""Transfer attack from local surrogates, then a decision-based refinement (the NeurIPS 2018 AVC winners' recipe).
+"""Transfer attack from local surrogates, then a decision-based refinement (the NeurIPS 2018 AVC recipe).
 
-The untargeted AVC winners (Brunner et al., "Guessing Smart: Biased Sampling for
-Efficient Black-Box Adversarial Attacks", ICCV 2019; the other top entries in Brendel et
-al., "Adversarial Vision Challenge", 2018) all started from perturbations crafted on
-surrogate models they owned, one of them adversarially trained, walked back to the
-target's boundary with label queries, and spent the rest refining with a boundary-type
-attack. Here:
+The strongest untargeted attacks of the NeurIPS 2018 Adversarial Vision Challenge (e.g.
+Brunner et al., "Guessing Smart: Biased Sampling for Efficient Black-Box Adversarial
+Attacks", ICCV 2019) started from perturbations crafted on surrogate models they owned,
+one of them adversarially trained, walked back to the target's boundary with label
+queries, and spent the rest refining with a boundary-type attack. Here:
 
 1. PGD and momentum-iterative (MI-FGSM) L2 attacks on the surrogate ensemble, for each
    radius in ``radii``: one candidate direction per (radius, momentum), all images at once.

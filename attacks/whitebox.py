@@ -7,6 +7,12 @@ ball whose radius shrinks by ``gamma`` while the point is adversarial and grows 
 is not (before the first adversarial, it jumps to the linearised boundary); step size and
 ``gamma`` are cosine-annealed. Its default step (1.0) is not converged after 1000 steps
 on [0, 1] images (see PEERS.md), so several step sizes run and each image keeps its best.
+One change: gradient components that push a pixel already at 0 or 1 out of the box are
+dropped before the step. Without it, on images with large black areas (Fashion-MNIST),
+the box clipping after each projection shrinks the step below the linearised distance to
+the boundary, and FMN can stall short of it (a quarter of the natural CNN's images were
+never fooled in 2 x 1000 steps). And before the first adversarial, the linearised radius
+grows by ``gamma`` too, so that a boundary it predicts exactly (a flat one) is crossed.
 
 Distances follow the harness's rule: the adversarial is rounded to uint8 and
 re-classified; a bisection toward the clean image on the uint8 lattice (queries are free
@@ -27,13 +33,18 @@ Logits = Callable[[torch.Tensor], torch.Tensor]
 
 
 def fmn_l2(net: Logits, x: torch.Tensor, labels: torch.Tensor, steps: int = 1000, alpha_init: float = 1.0,
-           alpha_final: float | None = None, gamma_init: float = 0.05, gamma_final: float = 0.001) -> torch.Tensor:
-    """FMN L2 on float N x C x H x W images in [0, 1]; the smallest adversarial found per row (``x`` where none)."""
+           alpha_final: float | None = None, gamma_init: float = 0.05, gamma_final: float = 0.001,
+           start: torch.Tensor | None = None) -> torch.Tensor:
+    """FMN L2 on float N x C x H x W images in [0, 1]; the smallest adversarial found per row (``x`` where none).
+
+    ``start`` (default ``x``): points to start from; from an adversarial one, the ball
+    starts at its distance and only shrinks around better points from there.
+    """
     alpha_final = alpha_init / 100 if alpha_final is None else alpha_final
     n = len(x)
     view = (n,) + (1,) * (x.dim() - 1)
-    delta = torch.zeros_like(x, requires_grad=True)
-    epsilon = torch.zeros(n, device=x.device)
+    delta = (torch.zeros_like(x) if start is None else start - x).requires_grad_(True)
+    epsilon = delta.detach().flatten(1).norm(dim=1)
     worst = torch.maximum(x, 1 - x).flatten(1).norm(dim=1)
     best_norm = torch.full((n,), math.inf, device=x.device)
     best_delta = torch.zeros_like(x)
@@ -46,6 +57,8 @@ def fmn_l2(net: Logits, x: torch.Tensor, labels: torch.Tensor, steps: int = 1000
             loss = margin(net(x + delta), labels)
             (grad,) = torch.autograd.grad(loss.sum(), delta)
         loss = loss.detach()
+        point = x + delta.detach()
+        grad = grad.masked_fill(((point <= 0) & (grad < 0)) | ((point >= 1) & (grad > 0)), 0)
         norm = delta.detach().flatten(1).norm(dim=1)
         is_adv = loss > 0
         better = is_adv & (norm < best_norm)
@@ -54,7 +67,7 @@ def fmn_l2(net: Logits, x: torch.Tensor, labels: torch.Tensor, steps: int = 1000
         best_delta = torch.where(better.view(view), delta.detach(), best_delta)
         grad_norm = grad.flatten(1).norm(dim=1).clamp_min(1e-12)
         epsilon = torch.where(is_adv, torch.minimum(epsilon * (1 - gamma), best_norm),
-                              torch.where(found, epsilon * (1 + gamma), norm + loss.abs() / grad_norm))
+                              torch.where(found, epsilon, norm + loss.abs() / grad_norm) * (1 + gamma))
         epsilon = torch.minimum(epsilon, worst)
         with torch.no_grad():
             delta += alpha * grad / grad_norm.view(view)
@@ -65,29 +78,35 @@ def fmn_l2(net: Logits, x: torch.Tensor, labels: torch.Tensor, steps: int = 1000
 
 def minimal_l2(net: Logits, images: np.ndarray, labels: np.ndarray, steps: int = 1000,
                step_sizes: tuple[float, ...] = (1.0, 0.1), batch_size: int = 256,
-               device: str | torch.device = "cpu") -> np.ndarray:
+               device: str | torch.device = "cpu", starts: np.ndarray | None = None) -> np.ndarray:
     """Per image, the verified L2 (on [0, 1], after uint8 rounding) of the best FMN adversarial over ``step_sizes``.
 
     ``images``: uint8 N x H x W x C; ``labels``: true classes. Misclassified clean images
-    get 0, images no run fooled ``inf``. Runs in chunks of ``batch_size`` images.
+    get 0, images no run fooled ``inf``. ``starts`` (uint8, like ``images``; e.g. the
+    black-box suite's best adversarials) adds one run per step size from those points:
+    on robust models FMN from the clean image can stop at a farther boundary than
+    black-box attacks find. Runs in chunks of ``batch_size`` images.
     """
     labels = np.asarray(labels, dtype=np.int64)
     out = np.full(len(images), np.inf)
-    for start in range(0, len(images), batch_size):
-        chunk = slice(start, start + batch_size)
-        out[chunk] = _minimal_chunk(net, images[chunk], labels[chunk], steps, step_sizes, torch.device(device))
+    for first in range(0, len(images), batch_size):
+        chunk = slice(first, first + batch_size)
+        out[chunk] = _minimal_chunk(net, images[chunk], labels[chunk], steps, step_sizes, torch.device(device),
+                                    None if starts is None else starts[chunk])
     return out
 
 
 def _minimal_chunk(net: Logits, images: np.ndarray, labels: np.ndarray, steps: int,
-                   step_sizes: tuple[float, ...], device: torch.device) -> np.ndarray:
+                   step_sizes: tuple[float, ...], device: torch.device, starts: np.ndarray | None) -> np.ndarray:
     clean = to_unit(images)
     x = torch.from_numpy(clean).to(device).permute(0, 3, 1, 2)
     y = torch.from_numpy(labels).to(device)
     best = np.where(_predict(net, images, device) != labels, 0.0, np.inf)
+    origins = [None] if starts is None else [None, torch.from_numpy(to_unit(starts)).to(device).permute(0, 3, 1, 2)]
     for alpha in step_sizes:
-        adv = fmn_l2(net, x, y, steps, alpha).permute(0, 2, 3, 1).to("cpu").numpy()
-        best = np.minimum(best, _on_lattice(net, clean, adv, labels, device))
+        for origin in origins:
+            adv = fmn_l2(net, x, y, steps, alpha, start=origin).permute(0, 2, 3, 1).to("cpu").numpy()
+            best = np.minimum(best, _on_lattice(net, clean, adv, labels, device))
     return best
 
 
@@ -114,7 +133,8 @@ def _on_lattice(net: Logits, clean: np.ndarray, adv: np.ndarray, labels: np.ndar
     point = _point(clean[rows], diff[rows], hi[rows])
     verified = rows[_misclassified(net, point, labels[rows], device)]
     out = np.full(len(clean), np.inf)
-    out[verified] = l2(to_unit(point[np.isin(rows, verified)]), clean[verified])
+    if len(verified):
+        out[verified] = l2(to_unit(point[np.isin(rows, verified)]), clean[verified])
     return out
 
 

@@ -114,6 +114,33 @@ def test_fmn_reference_is_within_a_few_percent_of_the_exact_minimum(linear):
     assert np.all(ratio >= 1 - 1e-9) and np.max(ratio) <= 1.03
 
 
+def test_fmn_reference_refines_given_starting_points(linear):
+    problem, _ = linear
+    far = BudgetedModel(problem.model, problem.images, problem.labels, budget=100)
+    NOISE_START[0].run(far, np.arange(len(problem.images)), np.random.default_rng(0))
+    assert np.all(far.best_l2 > 1.5 * problem.exact)
+    distances = minimal_l2(problem.model.net, problem.images, problem.labels, steps=100, step_sizes=(1.0,),
+                           starts=far.best)
+    ratio = distances / problem.exact
+    assert np.all(ratio >= 1 - 1e-9) and np.max(ratio) <= 1.03
+
+
+def test_fmn_reference_reaches_a_boundary_behind_black_pixels():
+    """Half the weights want black (0) pixels darker: only the other half can move. FMN's raw
+    gradient points out of the box there, and without dropping those components its
+    linearised radius stalls short of the boundary for good."""
+    w = np.tile([1.0, -1.0], 8).astype(np.float32)
+    linear = torch.nn.Linear(16, 2)
+    with torch.no_grad():
+        linear.weight.copy_(torch.from_numpy(np.stack([np.zeros(16, np.float32), w])))
+        linear.bias.copy_(torch.tensor([0.0, -2.0]))
+    net = torch.nn.Sequential(torch.nn.Flatten(), linear)
+    images = np.where(w > 0, 51, 0).astype(np.uint8).reshape(1, 4, 4, 1)  # w . x = 1.6 < 2: class 0
+    exact = 0.4 / np.sqrt(8)  # raise the 8 free pixels by 0.05 each
+    distances = minimal_l2(net, images, np.array([0]), steps=100, step_sizes=(1.0,))
+    assert exact <= distances[0] <= 1.05 * exact
+
+
 def test_fmn_reference_gives_zero_for_misclassified_images_and_finds_the_rest(target):
     net, images, labels = target
     wrong = labels.copy()

@@ -1,0 +1,155 @@
+"""Choose attack presets by measuring: every candidate attack alone, then the best suites of 1-5 of them.
+
+Each candidate runs on a fresh :class:`attacks.BudgetedModel` (its own ``--budget``
+queries per image, as the scorer runs a suite), all images in one vectorised run. A
+suite's distance for an image is the minimum over its attacks, so the best suites
+combine attacks that win on different images; subsets are ranked by the geometric mean,
+over the models, of their median distance. The presets in ``attacks/suite.py`` were
+chosen with::
+
+    python bench/presets.py --json presets.json \\
+        --surrogates runs/fmnist-surrogate-pgd/artifact,runs/fmnist-surrogate-natural/artifact
+
+Rerunning with the same ``--json`` skips the candidates already measured there.
+Exit codes: 0 done, 2 bad input.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+# Run as a script, this file's folder comes first on the import path, where bench/attacks.py
+# would shadow the attacks package.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from attacks import PRESETS, SURROGATE_ATTACKS, ArtifactModel, BudgetedModel, create_attack  # noqa: E402
+from defense.atomic import atomic_write_text  # noqa: E402
+from training.data import FASHION_MNIST_DIR, load_fashion_mnist  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+MODELS = {"natural": ROOT / "runs/fmnist-natural/artifact", "trades": ROOT / "runs/fmnist-trades/artifact"}
+# label -> (ATTACKS name, keyword arguments); surrogate attacks get --surrogates
+CANDIDATES: dict[str, tuple[str, dict[str, Any]]] = {
+    "geoda": ("geoda", {}),
+    "boundary": ("boundary", {}),
+    "hsja": ("hsja", {}),
+    "hsja-lowfreq": ("hsja", {"freq": 0.5}),
+    "biased_boundary": ("biased_boundary", {}),
+    "biased_boundary-0.25": ("biased_boundary", {"bias": 0.25}),
+    "transfer": ("transfer", {}),
+    "transfer-lines-only": ("transfer", {"refine": None}),
+}
+
+
+class CallCounter:
+    """Counts model calls and images, so the bench reports the batch size a server would see."""
+
+    def __init__(self, model: ArtifactModel) -> None:
+        self.model, self.info, self.queries, self.calls = model, model.info, 0, 0
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        self.calls += 1
+        self.queries += len(images)
+        return self.model(images)
+
+
+def correct_images(model: ArtifactModel, images: np.ndarray, labels: np.ndarray, offset: int,
+                   count: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first ``count`` images from ``offset`` that ``model`` classifies correctly."""
+    chunk = slice(offset, offset + 4 * count)
+    keep = np.flatnonzero(model(images[chunk]) == labels[chunk])[:count] + offset
+    if len(keep) < count:
+        raise ValueError(f"only {len(keep)} correctly classified images in {chunk}")
+    return images[keep], labels[keep]
+
+
+def run_candidate(name: str, kwargs: dict[str, Any], net: ArtifactModel, images: np.ndarray, labels: np.ndarray,
+                  budget: int, seed: int) -> dict[str, Any]:
+    """One attack alone on a fresh ledger: per-image distances, queries, wall time, images per model call."""
+    counter = CallCounter(net)
+    model = BudgetedModel(counter, images, labels, budget=budget)
+    attack = create_attack(name, **kwargs)
+    start = time.perf_counter()
+    attack.run(model, np.arange(len(images)), np.random.default_rng(seed))
+    return {"attack": repr(attack), "distances": model.best_l2.tolist(), "median": float(np.median(model.best_l2)),
+            "mean": float(np.mean(model.best_l2)), "max_queries": int(model.used.max()),
+            "wall_s": round(time.perf_counter() - start, 1),
+            "images_per_call": round(counter.queries / counter.calls, 1)}
+
+
+def best_suites(results: dict[str, dict[str, dict[str, Any]]], size: int, top: int = 3) -> list[tuple[float, tuple]]:
+    """The ``top`` subsets of ``size`` candidates by the geometric mean over models of the suite's median."""
+    labels = sorted(set.intersection(*(set(r) for r in results.values())))
+    ranked = []
+    for suite in itertools.combinations(labels, size):
+        medians = [np.median(np.min([np.array(r[c]["distances"]) for c in suite], axis=0)) for r in results.values()]
+        ranked.append((float(np.exp(np.mean(np.log(medians)))), suite, [round(float(m), 3) for m in medians]))
+    return sorted(ranked)[:top]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--models", default="natural,trades", help=f"comma-separated subset of {', '.join(MODELS)}")
+    p.add_argument("--data", type=Path, default=FASHION_MNIST_DIR, help="Fashion-MNIST folder (IDX files)")
+    p.add_argument("--images", type=int, default=100, help="correctly classified test images per model")
+    p.add_argument("--offset", type=int, default=5000,
+                   help="first test image considered (bench/attacks.py reports on those from 0)")
+    p.add_argument("--budget", type=int, default=1000, help="queries per image for each candidate")
+    p.add_argument("--candidates", default=",".join(CANDIDATES), help="comma-separated subset of the candidates")
+    p.add_argument("--surrogates", default="",
+                   help="comma-separated surrogate artifact folders for transfer and biased_boundary (none: skip them)")
+    p.add_argument("--seed", type=int, default=0, help="seed of every candidate's generator")
+    p.add_argument("--json", type=Path, required=True, help="results (per-image distances); reused on a rerun")
+    args = p.parse_args(argv)
+    models, candidates = args.models.split(","), args.candidates.split(",")
+    surrogates = tuple(s for s in args.surrogates.split(",") if s)
+    unknown = [m for m in models if m not in MODELS] + [c for c in candidates if c not in CANDIDATES]
+    if unknown:
+        print(f"error: unknown model(s) or candidate(s) {unknown}; models: {list(MODELS)}, "
+              f"candidates: {list(CANDIDATES)}", file=sys.stderr)
+        return 2
+    if not surrogates:
+        candidates = [c for c in candidates if CANDIDATES[c][0] not in SURROGATE_ATTACKS]
+    torch.set_num_threads(1)
+    data = load_fashion_mnist(args.data)
+    results: dict[str, dict[str, Any]] = json.loads(args.json.read_text()) if args.json.is_file() else {}
+    todo = [(m, c) for m in models for c in candidates if c not in results.get(m, {})]
+    for model_name, label in tqdm(todo, desc="candidates", file=sys.stderr):
+        net = ArtifactModel(MODELS[model_name])
+        images, labels = correct_images(net, data.test_images, data.test_labels, args.offset, args.images)
+        name, kwargs = CANDIDATES[label]
+        if name in SURROGATE_ATTACKS:
+            kwargs = dict(kwargs, surrogates=surrogates)
+        results.setdefault(model_name, {})[label] = run_candidate(name, kwargs, net, images, labels, args.budget,
+                                                                  args.seed)
+        atomic_write_text(args.json, json.dumps(results) + "\n")
+    print(f"{'model':8} {'candidate':22} {'median':>7} {'mean':>7} {'wall_s':>7} {'img/call':>8}")
+    for model_name in models:
+        for label, r in results.get(model_name, {}).items():
+            print(f"{model_name:8} {label:22} {r['median']:7.3f} {r['mean']:7.3f} {r['wall_s']:7.1f} "
+                  f"{r['images_per_call']:8.1f}")
+    measured = {m: results[m] for m in models if m in results}
+    for size in range(1, 6):
+        for score, suite, medians in best_suites(measured, size):
+            print(f"best {size}: {score:.3f} (medians {' / '.join(map(str, medians))}) {', '.join(suite)}")
+    for preset, entries in PRESETS.items():
+        suite = [e.name for e in entries if not e.kwargs]
+        if len(suite) == len(entries) and all(CANDIDATES.get(c) == (c, {}) and c in r for c in suite
+                                               for r in measured.values()):
+            medians = [float(np.median(np.min([r[c]["distances"] for c in suite], axis=0))) for r in measured.values()]
+            print(f"preset {preset} ({', '.join(suite)}): medians {' / '.join(f'{m:.3f}' for m in medians)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -30,18 +30,22 @@ def test_bench_runs_our_attacks_within_budget_and_reports_goals(bench, fmnist_di
     art = make_artifact(tmp_path / "art")
     out = tmp_path / "bench.json"
     rc = bench.main(["--models", f"tiny={art}", "--data", str(fmnist_dir), "--images", "2", "--budget", "50",
-                     "--skip-foolbox", "--methods", "boundary,hsja,whitebox", "--whitebox-steps", "50",
-                     "--json", str(out)])
+                     "--skip-foolbox", "--methods", "boundary,hsja,suite,whitebox", "--surrogates", str(art),
+                     "--whitebox-steps", "50", "--json", str(out)])
     assert rc == 0
     report = json.loads(out.read_text())
     methods = report["models"][0]["methods"]
-    assert set(methods) == {"boundary", "hsja", "whitebox"}
-    for result in (methods["boundary"], methods["hsja"]):
-        assert max(result["queries"]) <= 50
-        assert result["unverified"] == 0
-        assert all(d is not None and d > 0 for d in result["distances"])  # the untrained CNN is easy to fool
-    assert report["figures"]["tiny mean images per model call"] > 1
-    assert "tiny mean images per model call:" in capsys.readouterr().out.splitlines()[-1]
+    members = [f"top5:{name}" for name in ("transfer", "geoda", "biased_boundary", "boundary", "hsja")]
+    assert set(methods) == {"boundary", "hsja", *members, "top5 (min)", "whitebox"}
+    for name in ("boundary", "hsja", *members):
+        assert max(methods[name]["queries"]) <= 50  # per attack and image: no attack exceeds its budget
+        assert methods[name]["unverified"] == 0
+        assert all(d is not None and d > 0 for d in methods[name]["distances"])  # the untrained CNN is easy to fool
+    suite = methods["top5 (min)"]["distances"]
+    assert suite == [min(methods[m]["distances"][i] for m in members) for i in range(2)]
+    # without Foolbox, the goals against it are left out
+    assert set(report["figures"]) == {"tiny suite/whitebox median ratio", "tiny mean images per model call"}
+    assert capsys.readouterr().out.splitlines()[-1].startswith("tiny mean images per model call: ")
 
 
 def test_bench_rejects_unknown_models_and_methods(bench, fmnist_dir):

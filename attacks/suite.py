@@ -38,12 +38,13 @@ TRANSFER = SuiteEntry("transfer", source="Papernot et al., Transferability in Ma
                                          "Delving into Transferable Adversarial Examples, ICLR 2017; Dong et al., "
                                          "MI-FGSM, CVPR 2018; refined by GeoDA")
 
-# Chosen by measuring (bench/presets.py): Fashion-MNIST SmallCNNs, natural and TRADES, 100 correctly
-# classified test images from index 5000, 1000 queries per image for each attack on its own, surrogates
-# one PGD-AT and one natural SmallCNN (2 epochs each). Median of the per-image minimum, natural / TRADES:
-# top5 0.380 / 1.118 and quick 0.380 / 1.163, against GeoDA alone 0.417 / 1.286 (the best single
-# label-only attack). The robust surrogate's gradient bias misleads on the natural model (biased
-# boundary 0.60 there vs 0.48 unbiased) but wins images on the TRADES one; the transfer start wins on both.
+# Chosen by measuring (bench/presets.py, command in its docstring): Fashion-MNIST SmallCNNs, natural
+# and TRADES, 100 correctly classified test images from index 5000, 1000 queries per image for each
+# attack on its own, surrogates one PGD-AT and one natural SmallCNN (2 epochs each). Median of the
+# per-image minimum, natural / TRADES: top5 0.374 / 1.123 (the best 5 of the candidates measured) and
+# quick 0.380 / 1.163 (the best pair), against 0.417 / 1.286 for GeoDA alone, the best label-only
+# attack. The surrogate gradient bias misleads on the natural model (biased boundary 0.60 there vs
+# 0.48 unbiased) but wins images on the TRADES one; the transfer start wins on both.
 PRESETS: dict[str, tuple[SuiteEntry, ...]] = {
     "top5": (TRANSFER, GEODA, BIASED, BOUNDARY, HSJA),
     "quick": (TRANSFER, GEODA),

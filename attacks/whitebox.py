@@ -7,12 +7,13 @@ ball whose radius shrinks by ``gamma`` while the point is adversarial and grows 
 is not (before the first adversarial, it jumps to the linearised boundary); step size and
 ``gamma`` are cosine-annealed. Its default step (1.0) is not converged after 1000 steps
 on [0, 1] images (see PEERS.md), so several step sizes run and each image keeps its best.
-One change: gradient components that push a pixel already at 0 or 1 out of the box are
-dropped before the step. Without it, on images with large black areas (Fashion-MNIST),
-the box clipping after each projection shrinks the step below the linearised distance to
-the boundary, and FMN can stall short of it (a quarter of the natural CNN's images were
-never fooled in 2 x 1000 steps). And before the first adversarial, the linearised radius
-grows by ``gamma`` too, so that a boundary it predicts exactly (a flat one) is crossed.
+Two changes from the paper. Gradient components that push a pixel already at 0 or 1
+out of the box are dropped before the step: otherwise, on images with large black areas
+(Fashion-MNIST), the box clipping after each projection shrinks the step below the
+linearised distance to the boundary, and FMN can stall short of it (a quarter of the
+natural CNN's images were never fooled in 2 x 1000 steps). And before the first
+adversarial, the linearised radius grows by ``gamma`` too, so that a boundary it
+predicts exactly (a flat one) is crossed.
 
 Distances follow the harness's rule: the adversarial is rounded to uint8 and
 re-classified; a bisection toward the clean image on the uint8 lattice (queries are free

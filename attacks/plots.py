@@ -14,13 +14,7 @@ import numpy as np  # noqa: E402
 
 from attacks.lattice import to_unit  # noqa: E402
 from attacks.scoring import Scores  # noqa: E402
-from defense.atomic import atomic_open  # noqa: E402
-
-
-def _save(fig: plt.Figure, path: Path) -> None:
-    with atomic_open(path, "wb") as f:
-        fig.savefig(f, format="png", dpi=120)
-    plt.close(fig)
+from defense.atomic import atomic_save_png  # noqa: E402
 
 
 def plot_cdf(scores: Scores, path: Path) -> None:
@@ -44,7 +38,8 @@ def plot_cdf(scores: Scores, path: Path) -> None:
     ax.legend(fontsize=8, loc="lower right")
     ax.set_title(f"Distance CDF over {n} images")
     fig.tight_layout()
-    _save(fig, path)
+    atomic_save_png(fig, path)
+    plt.close(fig)
 
 
 def plot_gallery(clean: np.ndarray, scores: Scores, labels: np.ndarray, class_names: list[str], path: Path,
@@ -78,4 +73,5 @@ def plot_gallery(clean: np.ndarray, scores: Scores, labels: np.ndarray, class_na
             ax.imshow(image.squeeze(-1) if image.shape[-1] == 1 else image, cmap=cmap, vmin=0, vmax=1)
             ax.set_title(title, fontsize=8)
     fig.tight_layout()
-    _save(fig, path)
+    atomic_save_png(fig, path)
+    plt.close(fig)

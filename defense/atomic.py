@@ -5,7 +5,7 @@ import contextlib
 import os
 import tempfile
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO, Any, Iterator
 
 
 @contextlib.contextmanager
@@ -42,3 +42,9 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` to ``path`` atomically."""
     with atomic_open(path, "w") as f:
         f.write(text)
+
+
+def atomic_save_png(fig: Any, path: str | Path, dpi: int = 120) -> None:
+    """A matplotlib figure as a PNG written atomically (a reader never sees half an image)."""
+    with atomic_open(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=dpi)

@@ -35,7 +35,7 @@ import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from defense.atomic import atomic_open, atomic_write_text  # noqa: E402 - after the path set-up
+from defense.atomic import atomic_save_png, atomic_write_text  # noqa: E402 - after the path set-up
 from defense.check import ServerProcess, free_port, wait_serving  # noqa: E402
 
 SCORED = ("natural", "trades")
@@ -150,8 +150,7 @@ def plot_cdf(distances: dict[str, list[float]], path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    with atomic_open(path, "wb") as f:
-        fig.savefig(f, format="png", dpi=120)
+    atomic_save_png(fig, path)
     plt.close(fig)
 
 

@@ -28,7 +28,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
 
-from defense.atomic import atomic_open, atomic_write_text  # noqa: E402
+from defense.atomic import atomic_save_png, atomic_write_text  # noqa: E402
 from training import train_tiny  # noqa: E402
 
 RUN_RECORD = "sweep-run.json"
@@ -140,8 +140,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    with atomic_open(path, "wb") as f:
-        fig.savefig(f, format="png", dpi=120)
+    atomic_save_png(fig, path)
     plt.close(fig)
 
 

@@ -3,8 +3,9 @@
     python demo/run.py            # the full demo (sized for 20 minutes on 2 CPU cores)
     python demo/run.py --quick    # a smoke run of every stage on small settings
 
-Three models are trained with ``training/train_tiny.py --recipe fmnist-cpu``: a natural
-one, a TRADES one (beta 6) and a PGD-AT surrogate that only the transfer attack sees.
+Four models are trained with ``training/train_tiny.py --recipe fmnist-cpu``: a natural
+one, a TRADES one (beta 6) and two surrogates that only the attacks see, one PGD-AT and
+one natural (other seeds), as the NeurIPS 2018 AVC's winning attackers mixed theirs.
 The natural and TRADES artifacts are each served by the real server command
 (``python -m defense serve``, as the container runs it) and scored through gRPC by
 ``attacks/score.py`` with the top-5 suite. Every stage is a user-facing command; the
@@ -39,6 +40,7 @@ from defense.atomic import atomic_save_png, atomic_write_text  # noqa: E402 - af
 from defense.check import ServerProcess, free_port, wait_serving  # noqa: E402
 
 SCORED = ("natural", "trades")
+SURROGATES = ("surrogate-pgd", "surrogate-natural")
 TIMINGS = "stage_seconds.json"
 
 
@@ -54,12 +56,13 @@ class Settings:
     budget: int
 
 
-FULL = Settings(epochs={"natural": 3, "trades": 4, "surrogate": 2}, train_images=0, eval_images=500,
-                final_eval_images=2000, score_images=100, budget=1000)
-QUICK = Settings(epochs={"natural": 1, "trades": 1, "surrogate": 1}, train_images=20000, eval_images=200,
-                 final_eval_images=500, score_images=16, budget=200)
+FULL = Settings(epochs={"natural": 3, "trades": 4, "surrogate-pgd": 2, "surrogate-natural": 2}, train_images=0,
+                eval_images=500, final_eval_images=2000, score_images=100, budget=1000)
+QUICK = Settings(epochs={"natural": 1, "trades": 1, "surrogate-pgd": 1, "surrogate-natural": 1}, train_images=20000,
+                 eval_images=200, final_eval_images=500, score_images=16, budget=200)
 LOSS_FLAGS = {"natural": ["--loss", "natural"], "trades": ["--loss", "trades", "--beta", "6"],
-              "surrogate": ["--loss", "pgd_at", "--seed", "1"]}
+              "surrogate-pgd": ["--loss", "pgd_at", "--seed", "1"],
+              "surrogate-natural": ["--loss", "natural", "--seed", "1"]}
 
 
 class StageFailed(RuntimeError):
@@ -117,8 +120,8 @@ def score(model: str, args: argparse.Namespace, settings: Settings) -> dict[str,
         wait_serving(server, f"127.0.0.1:{port}", timeout_s=120)
         argv = ["attacks/score.py", "--target", f"127.0.0.1:{port}", "--data", "fashion_mnist",
                 "--images", str(settings.score_images), "--budget", str(settings.budget), "--preset", "top5",
-                "--surrogate", str(args.output / "surrogate" / "artifact"), "--seed", "0", "--output", str(out),
-                "--no-progress"]
+                *(arg for s in SURROGATES for arg in ("--surrogate", str(args.output / s / "artifact"))), "--seed", "0",
+                "--output", str(out), "--no-progress"]
         if args.data:
             argv += ["--data-dir", str(args.data)]
         run_stage(f"score {model}", argv, args.output / f"score-{model}.log", args.output / TIMINGS)
@@ -215,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     atomic_write_text(record, wanted)
     start = time.monotonic()
     try:
-        summaries = {m: train(m, args, settings) for m in ("natural", "trades", "surrogate")}
+        summaries = {m: train(m, args, settings) for m in (*SCORED, *SURROGATES)}
         reports = {m: score(m, args, settings) for m in SCORED}
     except StageFailed as err:
         print(f"error: {err}", file=sys.stderr)

@@ -27,6 +27,8 @@ def test_quick_demo_writes_every_field_and_reuses_its_stages(fmnist_dir, tmp_pat
         assert 0 <= row["clean_accuracy"] <= 1 and row["mean_l2"] >= 0 and row["attack_medians"]
     assert result["wall_s"] > 0 and "trades_over_natural_mean_l2" in result
     assert (out / "cdf.png").stat().st_size > 0 and "| natural |" in (out / "results.md").read_text()
+    command = json.loads((out / "score-natural" / "results.json").read_text())["command"]
+    assert all(f"--surrogate {out / s / 'artifact'}" in command for s in ("surrogate-pgd", "surrogate-natural"))
     trained = (out / "trades" / "artifact" / "model.pt2").stat().st_mtime_ns
 
     again = run_demo(fmnist_dir, out)

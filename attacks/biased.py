@@ -19,7 +19,7 @@ import torch
 
 from attacks.boundary import BoundaryAttack
 from attacks.budgeted import BudgetedModel
-from attacks.directions import sample_directions
+from attacks.directions import sample_directions, unit_rows
 from attacks.surrogate import COMBINE, Ensemble, load_ensemble, to_rows, to_tensor
 
 
@@ -68,13 +68,9 @@ class SurrogateBias:
             _, grad = self.ensemble.gradient(to_tensor(points[moved], self.shape, self.device), self.labels[stale])
             self.grad[stale] = to_rows(grad)
             self.at[stale] = points[moved]
-        unit = _unit(points - self.clean[rows])
+        unit = unit_rows(points - self.clean[rows])
         grad = self.grad[rows]
-        grad = _unit(grad - np.sum(grad * unit, axis=1, keepdims=True) * unit)
+        grad = unit_rows(grad - np.sum(grad * unit, axis=1, keepdims=True) * unit)
         noise = sample_directions(self.rng, len(rows), self.shape, self.freq)
-        noise = _unit(noise - np.sum(noise * unit, axis=1, keepdims=True) * unit)
+        noise = unit_rows(noise - np.sum(noise * unit, axis=1, keepdims=True) * unit)
         return np.sqrt(1 - self.bias) * noise + np.sqrt(self.bias) * grad
-
-
-def _unit(v: np.ndarray) -> np.ndarray:
-    return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)

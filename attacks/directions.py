@@ -30,4 +30,9 @@ def sample_directions(rng: np.random.Generator, n: int, shape: tuple[int, int, i
         coef = rng.standard_normal((n, fh, fw, channels), dtype=np.float32)
         v = np.einsum("hi,nijc,jw->nhwc", dct_matrix(height)[:fh].T, coef, dct_matrix(width)[:fw], optimize=True)
         v = v.reshape(n, -1)
-    return v / np.linalg.norm(v, axis=1, keepdims=True)
+    return unit_rows(v)
+
+
+def unit_rows(v: np.ndarray) -> np.ndarray:
+    """Each row scaled to unit L2 norm (an all-zero row stays zero rather than becoming NaN)."""
+    return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)

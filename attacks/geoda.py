@@ -28,6 +28,7 @@ import numpy as np
 
 from attacks.base import Attack, with_starts
 from attacks.budgeted import BudgetedModel
+from attacks.directions import unit_rows
 from attacks.gradient import estimate_normal
 from attacks.lattice import STEP, quantize
 from attacks.linesearch import bisect, jump
@@ -62,9 +63,9 @@ class GeoDA(Attack):
             local = estimate_normal(model, ids[rows], boundary[rows], delta[rows], evals[rows], rng, self.freq,
                                     self.probe_rows)
             normal[rows] += evals[rows, None] * local
-            found, point = self._along(model, ids[rows], clean[rows], boundary[rows], _unit(normal[rows]))
+            found, point = self._along(model, ids[rows], clean[rows], boundary[rows], unit_rows(normal[rows]))
             lost = np.flatnonzero(~found)
-            jumped, moved = jump(model, ids[rows[lost]], boundary[rows[lost]], _unit(local[lost]),
+            jumped, moved = jump(model, ids[rows[lost]], boundary[rows[lost]], unit_rows(local[lost]),
                                  dist[lost] / np.sqrt(t + 1))
             lost = lost[moved]
             point[lost], _ = bisect(model, ids[rows[lost]], clean[rows[lost]], jumped[moved])
@@ -100,7 +101,3 @@ class GeoDA(Attack):
         points[rows], _ = bisect(model, ids[rows], clean[rows], clean[rows] + radius[rows, None] * direction[rows],
                                  lo=outside[rows] / radius[rows])
         return found, points
-
-
-def _unit(v: np.ndarray) -> np.ndarray:
-    return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)

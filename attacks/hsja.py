@@ -21,6 +21,7 @@ import numpy as np
 
 from attacks.base import Attack, with_starts
 from attacks.budgeted import BudgetedModel
+from attacks.directions import unit_rows
 from attacks.gradient import estimate_normal
 from attacks.lattice import STEP
 from attacks.linesearch import bisect, jump
@@ -56,7 +57,6 @@ class HopSkipJump(Attack):
             delta = np.maximum(delta, self.min_probe * np.sqrt(dim) * STEP).astype(np.float32)
             grad = estimate_normal(model, ids[rows], boundary[rows], delta, evals[rows], rng, self.freq,
                                    self.probe_rows)
-            grad /= np.maximum(np.linalg.norm(grad, axis=1, keepdims=True), 1e-12)
-            jumped, moved = jump(model, ids[rows], boundary[rows], grad, dist / np.sqrt(t))
+            jumped, moved = jump(model, ids[rows], boundary[rows], unit_rows(grad), dist / np.sqrt(t))
             rows = rows[moved]
             boundary[rows], _ = bisect(model, ids[rows], clean[rows], jumped[moved])

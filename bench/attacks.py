@@ -60,8 +60,9 @@ MODELS = {"natural": ROOT / "runs/fmnist-natural/artifact", "trades": ROOT / "ru
 OURS = {"boundary": "boundary", "hsja": "hsja"}  # bench method -> attacks.ATTACKS name
 FOOLBOX = {"foolbox-boundary": "BoundaryAttack", "foolbox-boundary-tuned": "BoundaryAttack",
            "foolbox-hsja": "HopSkipJumpAttack", "foolbox-hsja-tuned": "HopSkipJumpAttack"}
-# Foolbox settings for a 1000-query budget, picked on held-out test images (16 from index 5000,
-# grids and commands in docs/benchmarks.md "Attacks"); per model name, "*" for any other model.
+# Foolbox settings for a 1000-query budget, picked on held-out test images (16 from index 5000, e.g.
+# --offset 5000 --images 16 --methods foolbox-hsja-tuned --set foolbox-hsja-tuned.gamma=100); per model
+# name, "*" for any other model.
 # The same settings won on both models: HSJA gamma 100 (probes about 0.13x the distance) with 25
 # initial gradient probes; Boundary a 10x larger spherical step (the spherical step never adapts
 # within 1000 queries: its success-rate queue takes one entry per 10 steps and needs 100).

@@ -8,9 +8,14 @@ adversarial loss at the current point, both made orthogonal to the line to the c
 image: ``sqrt(1 - bias) * random + sqrt(bias) * gradient``. The gradient points to where
 the target is more likely still fooled, so more of the steps toward the clean image
 succeed. It is recomputed only for images whose point moved since the last step.
+
+With ``gradient_from="robust"`` only the adversarially trained surrogates give the
+gradient: against a robust target, a natural surrogate's gradient is a worse guess
+(measured in ``attacks/suite.py``).
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Callable
 
@@ -20,17 +25,21 @@ import torch
 from attacks.boundary import BoundaryAttack
 from attacks.budgeted import BudgetedModel
 from attacks.directions import sample_directions, unit_rows
-from attacks.surrogate import COMBINE, Ensemble, load_ensemble, to_rows, to_tensor
+from attacks.surrogate import COMBINE, Ensemble, load_ensemble, robust_surrogates, to_rows, to_tensor
+
+GRADIENT_FROM = ("all", "robust")
 
 
 @dataclass(frozen=True)
 class BiasedBoundaryAttack(BoundaryAttack):
     """``surrogates``: artifact folders; ``bias``: the gradient's share of each spherical step
-    (0: the plain Boundary Attack, 1: the gradient alone)."""
+    (0: the plain Boundary Attack, 1: the gradient alone); ``gradient_from``: ``"all"`` surrogates or only the
+    ``"robust"`` (adversarially trained, per their manifests) ones, all of them if none is."""
 
     surrogates: tuple[str, ...] = ()
     bias: float = 0.5
     combine: str = "logits"
+    gradient_from: str = "all"
     device: str = "cpu"
 
     def __post_init__(self) -> None:
@@ -41,11 +50,23 @@ class BiasedBoundaryAttack(BoundaryAttack):
             raise ValueError(f"bias must be in [0, 1], got {self.bias}")
         if self.combine not in COMBINE:
             raise ValueError(f"combine must be one of {COMBINE}, got {self.combine!r}")
+        if self.gradient_from not in GRADIENT_FROM:
+            raise ValueError(f"gradient_from must be one of {GRADIENT_FROM}, got {self.gradient_from!r}")
+
+    def gradient_surrogates(self) -> tuple[str, ...]:
+        """The surrogates whose ensemble gives the bias gradient."""
+        if self.gradient_from == "all":
+            return self.surrogates
+        robust = robust_surrogates(self.surrogates)
+        if not robust:
+            warnings.warn(f"gradient_from='robust' but no surrogate is adversarially trained; the bias uses all "
+                          f"{len(self.surrogates)}", UserWarning, stacklevel=2)
+        return robust or self.surrogates
 
     def _sampler(self, model: BudgetedModel, ids: np.ndarray,
                  rng: np.random.Generator) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
         shape = model.images.shape[1:]
-        ensemble = load_ensemble(self.surrogates, shape, model.model.info.num_classes, self.combine, self.device)
+        ensemble = load_ensemble(self.gradient_surrogates(), shape, model.model.info.num_classes, self.combine, self.device)
         return SurrogateBias(ensemble, model.clean(ids), model.labels[ids], shape, self.freq, self.bias, rng,
                              self.device)
 

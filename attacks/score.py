@@ -36,8 +36,8 @@ from typing import Any  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from attacks import (ATTACKS, PRESETS, SURROGATE_ATTACKS, ArtifactModel, Attack, RemoteModel,  # noqa: E402
-                     build_suite, create_attack)
+from attacks import (ATTACKS, PRESETS, ArtifactModel, Attack, RemoteModel, SuiteEntry,  # noqa: E402
+                     build_attack, build_suite, name_attacks)
 from attacks.evaldata import SAMPLING, SOURCES, EvalDataError, load_eval_data, pick  # noqa: E402
 from attacks.plots import plot_cdf, plot_gallery  # noqa: E402
 from attacks.report import RunInfo, build_results, console, markdown  # noqa: E402
@@ -124,23 +124,14 @@ def build_attacks(args: argparse.Namespace) -> tuple[dict[str, Attack], list[str
                 names = [name.strip() for name in args.attacks.split(",") if name.strip()]
                 if not names:
                     raise BadInput("--attacks: give at least one attack name")
-                attacks = [create_attack(name, surrogates=surrogates) if name in SURROGATE_ATTACKS
-                           else create_attack(name) for name in names]
+                attacks = [build_attack(SuiteEntry(name), surrogates) for name in names]
             else:
                 attacks = build_suite(args.preset, surrogates=surrogates)
         except ValueError as err:
             raise BadInput(f"--{'attacks' if args.attacks is not None else 'preset'}: {err}") from None
     if not attacks:
         raise BadInput(f"--preset {args.preset}: nothing left to run (give --surrogate DIR)")
-    name_of = {cls: name for name, cls in ATTACKS.items()}
-    suite: dict[str, Attack] = {}
-    for attack in attacks:
-        name = base = name_of.get(type(attack), type(attack).__name__)
-        count = 2
-        while name in suite:
-            name, count = f"{base}-{count}", count + 1
-        suite[name] = attack
-    return suite, [str(w.message) for w in caught]
+    return name_attacks(attacks), [str(w.message) for w in caught]
 
 
 def open_model(args: argparse.Namespace) -> tuple[Any, dict[str, Any], list[str]]:

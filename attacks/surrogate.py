@@ -16,9 +16,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from defense.artifact import load_artifact
+from defense.artifact import load_artifact, read_manifest
 
 COMBINE = ("logits", "loss")
+ROBUST_LOSSES = frozenset({"pgd_at", "trades"})  # manifest ``training.loss`` of adversarially trained models
 
 
 @lru_cache(maxsize=16)
@@ -27,6 +28,14 @@ def load_surrogate(path: str, device: str = "cpu") -> tuple[nn.Module, tuple[int
     artifact = load_artifact(path, device=device)
     net = artifact.model.eval().requires_grad_(False)
     return net, artifact.input_shape, artifact.num_classes
+
+
+def robust_surrogates(paths: Sequence[str]) -> tuple[str, ...]:
+    """Those of ``paths`` whose manifest says they were adversarially trained (``training.loss`` in ``ROBUST_LOSSES``).
+
+    Their gradients transfer better to a robust target than a naturally trained model's do.
+    """
+    return tuple(str(p) for p in paths if read_manifest(p)["training"].get("loss") in ROBUST_LOSSES)
 
 
 def load_ensemble(paths: Sequence[str], shape: tuple[int, int, int], num_classes: int, combine: str = "logits",

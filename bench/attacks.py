@@ -48,7 +48,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from attacks import ATTACKS, PRESETS, ArtifactModel, Attack, LabelOnlyModel, build_suite, create_attack  # noqa: E402
+from attacks import PRESETS, ArtifactModel, Attack, LabelOnlyModel, build_suite, create_attack, name_attacks  # noqa: E402
 from attacks.lattice import l2, to_uint8, to_unit  # noqa: E402
 from attacks.scoring import SuiteRun  # noqa: E402
 from attacks.whitebox import minimal_l2  # noqa: E402
@@ -236,22 +236,13 @@ def settings_for(method: str, model_name: str, overrides: dict[str, dict[str, An
 
 
 def suite_attacks(preset: str, surrogates: list[Path]) -> dict[str, Attack]:
-    """``build_suite(preset, surrogates)`` keyed ``preset:attack`` (``#2`` on repeats), in suite order."""
+    """``build_suite(preset, surrogates)`` keyed ``preset:NAME`` (:func:`attacks.name_attacks`), in suite order."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         attacks = build_suite(preset, surrogates=[str(s) for s in surrogates])
     for warning in caught:
         log(f"note: {warning.message}")
-    names = {cls: name for name, cls in ATTACKS.items()}
-    out: dict[str, Attack] = {}
-    for attack in attacks:
-        key = base = f"{preset}:{names[type(attack)]}"
-        repeat = 1
-        while key in out:
-            repeat += 1
-            key = f"{base}#{repeat}"
-        out[key] = attack
-    return out
+    return {f"{preset}:{name}": attack for name, attack in name_attacks(attacks).items()}
 
 
 def run_whitebox(net: Callable[[torch.Tensor], torch.Tensor], images: np.ndarray, labels: np.ndarray,

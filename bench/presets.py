@@ -31,22 +31,26 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from attacks import PRESETS, SURROGATE_ATTACKS, ArtifactModel, BudgetedModel, create_attack  # noqa: E402
+from attacks import PRESETS, ArtifactModel, BudgetedModel, SuiteEntry, build_attack  # noqa: E402
 from defense.atomic import atomic_write_text  # noqa: E402
 from training.data import FASHION_MNIST_DIR, load_fashion_mnist  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = {"natural": ROOT / "runs/fmnist-natural/artifact", "trades": ROOT / "runs/fmnist-trades/artifact"}
-# label -> (ATTACKS name, keyword arguments); surrogate attacks get --surrogates
-CANDIDATES: dict[str, tuple[str, dict[str, Any]]] = {
-    "geoda": ("geoda", {}),
-    "boundary": ("boundary", {}),
-    "hsja": ("hsja", {}),
-    "hsja-lowfreq": ("hsja", {"freq": 0.5}),
-    "biased_boundary": ("biased_boundary", {}),
-    "biased_boundary-0.25": ("biased_boundary", {"bias": 0.25}),
-    "transfer": ("transfer", {}),
-    "transfer-lines-only": ("transfer", {"refine": None}),
+# label -> attack; surrogate attacks (nested ones too) get --surrogates
+ROBUST_BIASED = SuiteEntry("biased_boundary", {"gradient_from": "robust"})
+CANDIDATES: dict[str, SuiteEntry] = {
+    "geoda": SuiteEntry("geoda"),
+    "boundary": SuiteEntry("boundary"),
+    "hsja": SuiteEntry("hsja"),
+    "hsja-lowfreq": SuiteEntry("hsja", {"freq": 0.5}),
+    "biased_boundary": SuiteEntry("biased_boundary"),
+    "biased_boundary-0.25": SuiteEntry("biased_boundary", {"bias": 0.25}),
+    "biased_boundary-robust": ROBUST_BIASED,
+    "transfer": SuiteEntry("transfer"),
+    "transfer-lines-only": SuiteEntry("transfer", {"refine": None}),
+    "transfer-biased": SuiteEntry("transfer", {"refine": SuiteEntry("biased_boundary")}),
+    "transfer-biased-robust": SuiteEntry("transfer", {"refine": ROBUST_BIASED}),
 }
 
 
@@ -72,12 +76,12 @@ def correct_images(model: ArtifactModel, images: np.ndarray, labels: np.ndarray,
     return images[keep], labels[keep]
 
 
-def run_candidate(name: str, kwargs: dict[str, Any], net: ArtifactModel, images: np.ndarray, labels: np.ndarray,
-                  budget: int, seed: int) -> dict[str, Any]:
+def run_candidate(entry: SuiteEntry, surrogates: tuple[str, ...], net: ArtifactModel, images: np.ndarray,
+                  labels: np.ndarray, budget: int, seed: int) -> dict[str, Any]:
     """One attack alone on a fresh ledger: per-image distances, queries, wall time, images per model call."""
     counter = CallCounter(net)
     model = BudgetedModel(counter, images, labels, budget=budget)
-    attack = create_attack(name, **kwargs)
+    attack = build_attack(entry, surrogates)
     start = time.perf_counter()
     attack.run(model, np.arange(len(images)), np.random.default_rng(seed))
     return {"attack": repr(attack), "distances": model.best_l2.tolist(), "median": float(np.median(model.best_l2)),
@@ -119,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
               f"candidates: {list(CANDIDATES)}", file=sys.stderr)
         return 2
     if not surrogates:
-        candidates = [c for c in candidates if CANDIDATES[c][0] not in SURROGATE_ATTACKS]
+        candidates = [c for c in candidates if not CANDIDATES[c].needs_surrogates]
     torch.set_num_threads(1)
     data = load_fashion_mnist(args.data)
     results: dict[str, dict[str, Any]] = json.loads(args.json.read_text()) if args.json.is_file() else {}
@@ -127,11 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     for model_name, label in tqdm(todo, desc="candidates", file=sys.stderr):
         net = ArtifactModel(MODELS[model_name])
         images, labels = correct_images(net, data.test_images, data.test_labels, args.offset, args.images)
-        name, kwargs = CANDIDATES[label]
-        if name in SURROGATE_ATTACKS:
-            kwargs = dict(kwargs, surrogates=surrogates)
-        results.setdefault(model_name, {})[label] = run_candidate(name, kwargs, net, images, labels, args.budget,
-                                                                  args.seed)
+        results.setdefault(model_name, {})[label] = run_candidate(CANDIDATES[label], surrogates, net, images, labels,
+                                                                  args.budget, args.seed)
         atomic_write_text(args.json, json.dumps(results) + "\n")
     print(f"{'model':8} {'candidate':22} {'median':>7} {'mean':>7} {'wall_s':>7} {'img/call':>8}")
     for model_name in models:
@@ -142,10 +143,10 @@ def main(argv: list[str] | None = None) -> int:
     for size in range(1, 6):
         for score, suite, medians in best_suites(measured, size):
             print(f"best {size}: {score:.3f} (medians {' / '.join(map(str, medians))}) {', '.join(suite)}")
+    label_of = {(e.name, repr(e.kwargs)): label for label, e in CANDIDATES.items()}
     for preset, entries in PRESETS.items():
-        suite = [e.name for e in entries if not e.kwargs]
-        if len(suite) == len(entries) and all(CANDIDATES.get(c) == (c, {}) and c in r for c in suite
-                                               for r in measured.values()):
+        suite = [label_of.get((e.name, repr(e.kwargs))) for e in entries]
+        if measured and all(c is not None and c in r for c in suite for r in measured.values()):
             medians = [float(np.median(np.min([r[c]["distances"] for c in suite], axis=0))) for r in measured.values()]
             print(f"preset {preset} ({', '.join(suite)}): medians {' / '.join(f'{m:.3f}' for m in medians)}")
     return 0

@@ -6,9 +6,10 @@ import pytest
 import torch
 
 from attacks import (PRESETS, SURROGATE_ATTACKS, ArtifactModel, BiasedBoundaryAttack, BoundaryAttack, BudgetedModel,
-                     TransferAttack, build_suite)
+                     TransferAttack, build_attack, build_suite, name_attacks)
 from attacks.lattice import l2, to_unit
 from attacks.suite import SuiteEntry
+from attacks.surrogate import robust_surrogates
 from attacks.whitebox import minimal_l2
 from defense.artifact import save_artifact
 from model_fixtures import make_artifact
@@ -39,12 +40,14 @@ def linear(tmp_path_factory):
     return problem, art
 
 
-def test_transfer_returns_verified_adversarials_within_budget(target, surrogate_dir):
+@pytest.mark.parametrize("refine", ["geoda", "biased_boundary"])
+def test_transfer_returns_verified_adversarials_within_budget(target, surrogate_dir, refine):
     net, images, labels = target
     counter = CountingModel(net)
     model = BudgetedModel(counter, images, labels, budget=200)
-    TransferAttack(surrogates=(str(surrogate_dir),), radii=(1.0, 4.0), steps=5).run(
-        model, np.arange(len(images)), np.random.default_rng(0))
+    attack = build_attack(SuiteEntry("transfer", {"radii": (1.0, 4.0), "steps": 5, "refine": SuiteEntry(refine)}),
+                          [surrogate_dir])
+    attack.run(model, np.arange(len(images)), np.random.default_rng(0))
     assert counter.queries == model.used.sum() and model.used.max() <= 200
     assert np.all(np.isfinite(model.best_l2)), "every image fooled"
     assert np.all(net(model.best) != labels), "every reported adversarial is misclassified as sent"
@@ -156,6 +159,8 @@ def test_build_suite_fills_in_surrogates_and_drops_surrogate_attacks_without_the
         assert all(isinstance(e, SuiteEntry) and e.source for e in entries)
     with_surrogates = build_suite("top5", surrogates=[surrogate_dir])
     assert len(with_surrogates) == len(PRESETS["top5"]) == 5
+    assert list(name_attacks(with_surrogates)) == ["transfer", "geoda", "biased_boundary", "hsja",
+                                                   "transfer+biased_boundary"]
     needing = [a for a in with_surrogates if isinstance(a, (TransferAttack, BiasedBoundaryAttack))]
     assert any(isinstance(a, TransferAttack) for a in needing)
     assert all(a.surrogates == (str(surrogate_dir),) for a in needing)
@@ -166,6 +171,35 @@ def test_build_suite_fills_in_surrogates_and_drops_surrogate_attacks_without_the
     assert SURROGATE_ATTACKS == {"transfer", "biased_boundary"}
     with pytest.raises(ValueError, match="unknown preset"):
         build_suite("top6")
+
+
+def test_a_nested_suite_entry_gets_the_surrogates_too(surrogate_dir):
+    entry = SuiteEntry("transfer", {"refine": SuiteEntry("biased_boundary", {"gradient_from": "robust"})})
+    attack = build_attack(entry, [surrogate_dir])
+    assert isinstance(attack.refine, BiasedBoundaryAttack) and attack.refine.gradient_from == "robust"
+    assert attack.surrogates == attack.refine.surrogates == (str(surrogate_dir),)
+    assert entry.needs_surrogates and not SuiteEntry("geoda", {"freq": 0.3}).needs_surrogates
+    with pytest.raises(ValueError, match="needs surrogate"):
+        build_attack(entry)
+
+
+def test_attack_names_show_a_non_default_refinement_and_number_repeats(surrogate_dir):
+    s = (str(surrogate_dir),)
+    attacks = [TransferAttack(surrogates=s), TransferAttack(surrogates=s, radii=(1.0,)),
+               TransferAttack(surrogates=s, refine=BiasedBoundaryAttack(surrogates=s)), BoundaryAttack()]
+    assert list(name_attacks(attacks)) == ["transfer", "transfer-2", "transfer+biased_boundary", "boundary"]
+
+
+def test_robust_bias_takes_its_gradient_from_the_adversarially_trained_surrogates(surrogate_dir, linear):
+    natural = str(linear[1])  # its manifest names no training loss: not adversarially trained
+    robust = str(surrogate_dir)  # training.loss "trades"
+    assert robust_surrogates([natural, robust]) == (robust,)
+    assert BiasedBoundaryAttack(surrogates=(natural, robust), gradient_from="robust").gradient_surrogates() == (robust,)
+    assert BiasedBoundaryAttack(surrogates=(natural, robust)).gradient_surrogates() == (natural, robust)
+    with pytest.warns(UserWarning, match="no surrogate is adversarially trained"):
+        assert BiasedBoundaryAttack(surrogates=(natural,), gradient_from="robust").gradient_surrogates() == (natural,)
+    with pytest.raises(ValueError, match="gradient_from must be one of"):
+        BiasedBoundaryAttack(surrogates=(robust,), gradient_from="natural")
 
 
 def test_surrogate_gradients_flow_through_an_exported_artifact(surrogate_dir):

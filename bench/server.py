@@ -184,16 +184,17 @@ class ServerProcess:
     def log_offset(self) -> int:
         return self.log_path.stat().st_size
 
-    def batch_stats(self, start: int, stop: int) -> tuple[int, int]:
-        """(batches, images) from the server's once-a-second log lines between two log offsets."""
+    def batch_stats(self, start: int, stop: int) -> tuple[int, int, float]:
+        """(batches, images, seconds in the model) from the server's once-a-second log lines between two offsets."""
         with open(self.log_path) as f:
             f.seek(start)
             text = f.read(max(stop - start, 0))
-        batches = images = 0
-        for m in re.finditer(r"(\d+) batches \(mean ([\d.]+) images\)", text):
+        batches, images, model_s = 0, 0, 0.0
+        for m in re.finditer(r"(\d+) batches \(mean ([\d.]+) images, ([\d.]+) ms in the model\)", text):
             batches += int(m.group(1))
             images += round(int(m.group(1)) * float(m.group(2)))
-        return batches, images
+            model_s += int(m.group(1)) * float(m.group(3)) / 1e3
+        return batches, images, model_s
 
     def close(self) -> None:
         if self.proc.poll() is None:
@@ -224,6 +225,8 @@ class Scenario:
     client_cores: float = 0.0
     server_cores: float = 0.0
     server_mean_batch: float = 0.0
+    server_batches: int = 0
+    server_model_ms: float = 0.0  # mean time per batch inside the server's model forward
     other_cores: float = 0.0
     error_examples: list[str] = field(default_factory=list)
 
@@ -345,8 +348,10 @@ async def load(server: ServerProcess, request: bytes, scenario: Scenario, warmup
         scenario.mean_ms = float(ms.mean())
     scenario.client_cores = client_cpu / wall
     scenario.server_cores = server_cpu / wall
-    batches, images = server.batch_stats(o0, o1)
+    batches, images, model_s = server.batch_stats(o0, o1)
     scenario.server_mean_batch = images / batches if batches else 0.0
+    scenario.server_batches = batches
+    scenario.server_model_ms = model_s * 1e3 / batches if batches else 0.0
     return ms
 
 
@@ -357,8 +362,11 @@ def single_image_latency(server: ServerProcess, model, shape: tuple[int, int, in
     ``--latency-rounds`` rounds of (in-process ``classify`` of one image, then the server with one
     client), each ``duration_s / rounds`` long: the machine's speed drifts by tens of percent over
     minutes here (a ResNet-18 forward went from 30 to 50 ms), which would swamp a 1 ms difference
-    between figures taken minutes apart. The added latency is the server's p50 over all rounds
-    minus the in-process p50 over all rounds; the per-round differences show its spread.
+    between figures taken minutes apart. Even so, a forward in this process and one in the
+    server's differ by several ms either way for ResNet-18 (each process slows the other's
+    threads). So the added latency is the mean call time minus the mean time the server's own
+    model forward took for those calls (from its log lines: same process, same moments); the
+    p50 difference against the in-process forward is kept beside it, with its per-round spread.
     """
     rounds = args.latency_rounds
     per = args.duration_s / rounds
@@ -383,11 +391,16 @@ def single_image_latency(server: ServerProcess, model, shape: tuple[int, int, in
                       client_cores=statistics.mean(p.client_cores for p in parts),
                       server_cores=statistics.mean(p.server_cores for p in parts),
                       server_mean_batch=statistics.mean(p.server_mean_batch for p in parts),
+                      server_batches=sum(p.server_batches for p in parts),
                       other_cores=max(p.other_cores for p in parts),
                       error_examples=[e for p in parts for e in p.error_examples][:3])
+    merged.server_model_ms = (sum(p.server_model_ms * p.server_batches for p in parts) / merged.server_batches
+                              if merged.server_batches else float("nan"))  # no log line in any round
     local_all = float(np.median(np.concatenate(local)))
-    return merged, {"in_process_batch1_ms": local_all, "added_ms": merged.p50_ms - local_all,
-                    "rounds": [{"in_process_p50_ms": a, "server_p50_ms": p.p50_ms, "added_ms": d}
+    return merged, {"in_process_batch1_ms": local_all, "added_over_in_process_ms": merged.p50_ms - local_all,
+                    "server_forward_ms": merged.server_model_ms, "added_ms": merged.mean_ms - merged.server_model_ms,
+                    "rounds": [{"in_process_p50_ms": a, "server_p50_ms": p.p50_ms, "added_over_in_process_ms": d,
+                                "server_mean_ms": p.mean_ms, "server_forward_ms": p.server_model_ms}
                                for a, p, d in zip(local_p50, parts, added)]}
 
 
@@ -432,9 +445,10 @@ def bench_model(name: str, args: argparse.Namespace, tmp: Path) -> dict:
                 log(f"[{name}] {label}: {args.latency_rounds} rounds of in-process batch 1 and then the server, "
                     f"{args.duration_s / args.latency_rounds:.1f} s each ...")
                 scenario, latency = single_image_latency(server, model, shape, label, args)
-                log(f"[{name}]   in-process batch 1 {latency['in_process_batch1_ms']:.2f} ms, "
-                    f"server adds {latency['added_ms']:.2f} ms (per round: "
-                    f"{', '.join(format(r['added_ms'], '.2f') for r in latency['rounds'])})")
+                log(f"[{name}]   server forward {latency['server_forward_ms']:.2f} ms, the call adds "
+                    f"{latency['added_ms']:.2f} ms to it; in-process batch 1 {latency['in_process_batch1_ms']:.2f} ms, "
+                    f"{latency['added_over_in_process_ms']:.2f} ms less than a call (per round: "
+                    f"{', '.join(format(r['added_over_in_process_ms'], '.2f') for r in latency['rounds'])})")
             else:
                 scenario = Scenario(label, clients, per_call)
                 log(f"[{name}] {label}: {args.warmup_s:.1f} s warm-up + {args.duration_s:.1f} s ...")
@@ -499,18 +513,22 @@ def summarise(results: list[dict], args: argparse.Namespace) -> list[tuple[str, 
         figures.append((f"{name} other-processes cores max", max(
             [base["other_cores"], again["other_cores"]] + [s["other_cores"] for s in r["scenarios"]])))
         if r["batch1_latency"]:
-            figures.append((f"{name} batch1 added latency ms", r["batch1_latency"]["added_ms"]))
+            figures += [(f"{name} batch1 server forward ms", r["batch1_latency"]["server_forward_ms"]),
+                        (f"{name} batch1 added latency ms", r["batch1_latency"]["added_ms"]),
+                        (f"{name} batch1 added over in-process ms", r["batch1_latency"]["added_over_in_process_ms"])]
         crowd = next((s for s in r["scenarios"] if s["name"] == "64-clients"), None)
         if crowd and name in GOAL_RATIO:
             ratio = crowd["images_per_s"] / ref
             print(f"  goal: 64 clients >= {GOAL_RATIO[name]:.0%} of in-process: {ratio:.0%}, "
                   f"{'met' if ratio >= GOAL_RATIO[name] else 'MISSED'}")
         if r["batch1_latency"]:
-            added = r["batch1_latency"]["added_ms"]
-            spread = [x["added_ms"] for x in r["batch1_latency"]["rounds"]]
+            lat = r["batch1_latency"]
+            spread = [x["added_over_in_process_ms"] for x in lat["rounds"]]
             print(f"  goal: batch 1 adds <= {GOAL_ADDED_MS:.0f} ms over the model's own forward "
-                  f"({one_ms:.2f} ms): {added:.2f} ms (rounds {min(spread):.2f} to {max(spread):.2f}), "
-                  f"{'met' if added <= GOAL_ADDED_MS else 'MISSED'}")
+                  f"({lat['server_forward_ms']:.2f} ms in the server): {lat['added_ms']:.2f} ms, "
+                  f"{'met' if lat['added_ms'] <= GOAL_ADDED_MS else 'MISSED'}; over the in-process forward "
+                  f"({one_ms:.2f} ms): {lat['added_over_in_process_ms']:.2f} ms (rounds {min(spread):.2f} to "
+                  f"{max(spread):.2f})")
         if not r["labels_match"] or any(s["errors"] for s in r["scenarios"]):
             print("  WARNING: errors or label mismatch; see the JSON")
     return figures

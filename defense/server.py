@@ -161,9 +161,10 @@ class DefenseServer:
             images, requests = counters.images - last.images, counters.requests - last.requests
             errors, batches = counters.errors - last.errors, now_stats.batches - stats.batches
             if requests or errors:
-                log.info("%.0f images/s, %d requests, %d errors, %d batches (mean %.1f images)",
+                log.info("%.0f images/s, %d requests, %d errors, %d batches (mean %.1f images, %.2f ms in the model)",
                          images / (now - then), requests, errors, batches,
-                         (now_stats.images - stats.images) / max(batches, 1))
+                         (now_stats.images - stats.images) / max(batches, 1),
+                         (now_stats.model_s - stats.model_s) * 1e3 / max(batches, 1))
             last, stats, then = replace(counters), now_stats, now
 
 

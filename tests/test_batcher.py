@@ -73,6 +73,20 @@ def test_large_request_is_split_and_reassembled_in_order():
     assert batcher.stats.batches == 3 and batcher.stats.images == 10 and batcher.stats.largest == 4
 
 
+def test_stats_count_the_time_spent_in_the_model():
+    class SlowModel(FakeModel):
+        def __call__(self, x: torch.Tensor) -> torch.Tensor:
+            time.sleep(0.02)
+            return super().__call__(x)
+
+    with Batcher(SlowModel(), max_batch_size=4, max_delay_ms=0) as batcher:
+        start = time.perf_counter()
+        for label in (1, 2):
+            batcher.submit(images_with_labels([label])).result(timeout=5)
+        wall = time.perf_counter() - start
+    assert batcher.stats.batches == 2 and 0.04 <= batcher.stats.model_s <= wall
+
+
 def test_requests_share_a_batch_across_a_split():
     model = FakeModel()
     with Batcher(model, max_batch_size=4, max_delay_ms=100) as batcher:

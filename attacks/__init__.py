@@ -99,5 +99,5 @@ def name_attacks(attacks: Sequence[Attack]) -> dict[str, Attack]:
 __all__ = ["ATTACKS", "PRESETS", "SURROGATE_ATTACKS", "AdditiveGaussianNoise", "AdditiveUniformNoise",
            "ArtifactModel", "Attack", "BiasedBoundaryAttack", "BlendedUniformNoise", "BoundaryAttack",
            "BudgetExceeded", "BudgetedModel", "ContrastReduction", "GeoDA", "HopSkipJump", "LabelOnlyModel",
-           "ModelInfo", "OtherClassBlend", "RemoteModel", "SuiteEntry", "TorchModel", "TransferAttack", "attack_name", "build_attack", "build_suite",
-           "create_attack", "name_attacks"]
+           "ModelInfo", "OtherClassBlend", "RemoteModel", "SuiteEntry", "TorchModel", "TransferAttack",
+           "attack_name", "build_attack", "build_suite", "create_attack", "name_attacks"]

@@ -30,12 +30,18 @@ def load_surrogate(path: str, device: str = "cpu") -> tuple[nn.Module, tuple[int
     return net, artifact.input_shape, artifact.num_classes
 
 
+@lru_cache(maxsize=16)
+def training_loss(path: str) -> str | None:
+    """The training loss an artifact's manifest names (hash-checked once per process, as the models are loaded)."""
+    return read_manifest(path)["training"].get("loss")
+
+
 def robust_surrogates(paths: Sequence[str]) -> tuple[str, ...]:
     """Those of ``paths`` whose manifest says they were adversarially trained (``training.loss`` in ``ROBUST_LOSSES``).
 
     Their gradients transfer better to a robust target than a naturally trained model's do.
     """
-    return tuple(str(p) for p in paths if read_manifest(p)["training"].get("loss") in ROBUST_LOSSES)
+    return tuple(str(p) for p in paths if training_loss(str(p)) in ROBUST_LOSSES)
 
 
 def load_ensemble(paths: Sequence[str], shape: tuple[int, int, int], num_classes: int, combine: str = "logits",

@@ -66,7 +66,8 @@ class BiasedBoundaryAttack(BoundaryAttack):
     def _sampler(self, model: BudgetedModel, ids: np.ndarray,
                  rng: np.random.Generator) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
         shape = model.images.shape[1:]
-        ensemble = load_ensemble(self.gradient_surrogates(), shape, model.model.info.num_classes, self.combine, self.device)
+        ensemble = load_ensemble(self.gradient_surrogates(), shape, model.model.info.num_classes, self.combine,
+                                 self.device)
         return SurrogateBias(ensemble, model.clean(ids), model.labels[ids], shape, self.freq, self.bias, rng,
                              self.device)
 

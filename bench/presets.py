@@ -32,13 +32,13 @@ import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from attacks import PRESETS, ArtifactModel, BudgetedModel, SuiteEntry, build_attack  # noqa: E402
+from attacks.suite import TRANSFER_BIASED  # noqa: E402
 from defense.atomic import atomic_write_text  # noqa: E402
 from training.data import FASHION_MNIST_DIR, load_fashion_mnist  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = {"natural": ROOT / "runs/fmnist-natural/artifact", "trades": ROOT / "runs/fmnist-trades/artifact"}
 # label -> attack; surrogate attacks (nested ones too) get --surrogates
-ROBUST_BIASED = SuiteEntry("biased_boundary", {"gradient_from": "robust"})
 CANDIDATES: dict[str, SuiteEntry] = {
     "geoda": SuiteEntry("geoda"),
     "boundary": SuiteEntry("boundary"),
@@ -46,11 +46,11 @@ CANDIDATES: dict[str, SuiteEntry] = {
     "hsja-lowfreq": SuiteEntry("hsja", {"freq": 0.5}),
     "biased_boundary": SuiteEntry("biased_boundary"),
     "biased_boundary-0.25": SuiteEntry("biased_boundary", {"bias": 0.25}),
-    "biased_boundary-robust": ROBUST_BIASED,
+    "biased_boundary-robust": TRANSFER_BIASED.kwargs["refine"],
     "transfer": SuiteEntry("transfer"),
     "transfer-lines-only": SuiteEntry("transfer", {"refine": None}),
     "transfer-biased": SuiteEntry("transfer", {"refine": SuiteEntry("biased_boundary")}),
-    "transfer-biased-robust": SuiteEntry("transfer", {"refine": ROBUST_BIASED}),
+    "transfer-biased-robust": TRANSFER_BIASED,
 }
 
 

@@ -1,6 +1,7 @@
 """The gRPC server end to end on loopback: labels, refusals, budget, batching, health, reflection, SIGTERM."""
 from __future__ import annotations
 
+import asyncio
 import os
 import queue
 import re
@@ -251,3 +252,20 @@ def test_sigterm_lets_the_in_flight_call_finish_and_exits_0(artifact_dir, artifa
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_throughput_log_line_reports_the_server_and_model_time_per_call(live, client, caplog):
+    # bench/server.py splits a call's latency with these figures: lone requests wait out the
+    # 5 ms batching delay, so the server's time per request exceeds it and the model's time.
+    caplog.set_level("INFO", logger="defense.server")
+    ticker = asyncio.run_coroutine_threadsafe(live.server.log_throughput(interval_s=0.3), live.loop)
+    try:
+        deadline = time.monotonic() + 10
+        while "requests (" not in caplog.text and time.monotonic() < deadline:
+            client.predict(random_images(1, seed=5))
+    finally:
+        ticker.cancel()
+    match = re.search(r"(\d+) requests \(([\d.]+) ms each in the server\), 0 errors, \d+ batches "
+                      r"\(mean [\d.]+ images, ([\d.]+) ms in the model\)", caplog.text)
+    assert match, caplog.text
+    assert int(match[1]) >= 1 and float(match[2]) >= 5 > float(match[3])

@@ -461,7 +461,8 @@ def bench_model(name: str, args: argparse.Namespace, tmp: Path) -> dict:
                 scenario, latency = single_image_latency(server, model, shape, label, args)
                 log(f"[{name}]   server forward {latency['server_forward_ms']:.2f} ms, the call adds "
                     f"{latency['added_ms']:.2f} ms to it ({latency['in_server_ms']:.2f} in the server, "
-                    f"{latency['transport_ms']:.2f} in transport and client); in-process batch 1 {latency['in_process_batch1_ms']:.2f} ms, "
+                    f"{latency['transport_ms']:.2f} in transport and client); "
+                    f"in-process batch 1 {latency['in_process_batch1_ms']:.2f} ms, "
                     f"{latency['added_over_in_process_ms']:.2f} ms less than a call (per round: "
                     f"{', '.join(format(r['added_over_in_process_ms'], '.2f') for r in latency['rounds'])})")
             else:

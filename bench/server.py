@@ -48,7 +48,7 @@ from defense.artifact import load_artifact, save_artifact
 from defense.atomic import atomic_write_text
 from defense.batcher import classify
 from defense.client import DefenseClient
-from defense.server import ServerConfig
+from defense.server import THROUGHPUT_LOG, ServerConfig
 from proto import defense_pb2
 from training.models import create_model
 
@@ -191,13 +191,12 @@ class ServerProcess:
             f.seek(start)
             text = f.read(max(stop - start, 0))
         batches, images, model_s, requests, answer_s = 0, 0, 0.0, 0, 0.0
-        for m in re.finditer(r"(\d+) requests \(([\d.]+) ms each in the server\), \d+ errors, "
-                             r"(\d+) batches \(mean ([\d.]+) images, ([\d.]+) ms in the model\)", text):
-            requests += int(m[1])
-            answer_s += int(m[1]) * float(m[2]) / 1e3
-            batches += int(m[3])
-            images += round(int(m[3]) * float(m[4]))
-            model_s += int(m[3]) * float(m[5]) / 1e3
+        for m in THROUGHPUT_LOG.finditer(text):
+            requests += int(m["requests"])
+            answer_s += int(m["requests"]) * float(m["answer_ms"]) / 1e3
+            batches += int(m["batches"])
+            images += round(int(m["batches"]) * float(m["mean_batch"]))
+            model_s += int(m["batches"]) * float(m["model_ms"]) / 1e3
         return batches, images, model_s, requests, answer_s
 
     def close(self) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import signal
 import time
 from dataclasses import dataclass, replace
@@ -30,6 +31,11 @@ from proto import defense_pb2, defense_pb2_grpc
 
 SERVICE = defense_pb2.DESCRIPTOR.services_by_name["Defense"].full_name
 log = logging.getLogger("defense.server")
+# What :meth:`DefenseServer.log_throughput` writes about a second's traffic, for tools that read the
+# log (bench/server.py splits a call's latency with it)
+THROUGHPUT_LOG = re.compile(r"(?P<requests>\d+) requests \((?P<answer_ms>[\d.]+) ms each in the server\), "
+                            r"(?P<errors>\d+) errors, (?P<batches>\d+) batches "
+                            r"\(mean (?P<mean_batch>[\d.]+) images, (?P<model_ms>[\d.]+) ms in the model\)")
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 from defense.artifact import Artifact, load_artifact
 from defense.batcher import classify
 from defense.cli import main
+from defense.server import THROUGHPUT_LOG
 from defense.client import BudgetExhaustedError, DefenseClient, ServerUnavailableError
 from model_fixtures import SHAPE, LiveServer, make_artifact
 from proto import defense_pb2, defense_pb2_grpc
@@ -265,7 +266,6 @@ def test_throughput_log_line_reports_the_server_and_model_time_per_call(live, cl
             client.predict(random_images(1, seed=5))
     finally:
         ticker.cancel()
-    match = re.search(r"(\d+) requests \(([\d.]+) ms each in the server\), 0 errors, \d+ batches "
-                      r"\(mean [\d.]+ images, ([\d.]+) ms in the model\)", caplog.text)
-    assert match, caplog.text
-    assert int(match[1]) >= 1 and float(match[2]) >= 5 > float(match[3])
+    match = THROUGHPUT_LOG.search(caplog.text)
+    assert match and int(match["errors"]) == 0, caplog.text
+    assert int(match["requests"]) >= 1 and float(match["answer_ms"]) >= 5 > float(match["model_ms"])

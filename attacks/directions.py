@@ -26,11 +26,23 @@ def sample_directions(rng: np.random.Generator, n: int, shape: tuple[int, int, i
     if freq >= 1.0:
         v = rng.standard_normal((n, height * width * channels), dtype=np.float32)
     else:
-        fh, fw = max(1, round(freq * height)), max(1, round(freq * width))
+        fh, fw = _low_frequencies(shape, freq)
         coef = rng.standard_normal((n, fh, fw, channels), dtype=np.float32)
         v = np.einsum("hi,nijc,jw->nhwc", dct_matrix(height)[:fh].T, coef, dct_matrix(width)[:fw], optimize=True)
         v = v.reshape(n, -1)
     return unit_rows(v)
+
+
+def low_frequency_dims(shape: tuple[int, int, int], freq: float = 1.0) -> int:
+    """How many dimensions :func:`sample_directions` draws from for images of ``shape`` (H, W, C)."""
+    if freq >= 1.0:
+        return int(np.prod(shape))
+    fh, fw = _low_frequencies(shape, freq)
+    return fh * fw * shape[2]
+
+
+def _low_frequencies(shape: tuple[int, int, int], freq: float) -> tuple[int, int]:
+    return max(1, round(freq * shape[0])), max(1, round(freq * shape[1]))
 
 
 def unit_rows(v: np.ndarray) -> np.ndarray:

@@ -45,7 +45,7 @@ def robust_surrogates(paths: Sequence[str]) -> tuple[str, ...]:
 
 
 def load_ensemble(paths: Sequence[str], shape: tuple[int, int, int], num_classes: int, combine: str = "logits",
-                  device: str = "cpu") -> Ensemble:
+                  device: str = "cpu", weights: Sequence[float] | None = None) -> Ensemble:
     """The surrogates at ``paths`` as one :class:`Ensemble`; refuses any whose input shape or classes differ."""
     if not paths:
         raise ValueError("no surrogate artifact folders given")
@@ -56,7 +56,7 @@ def load_ensemble(paths: Sequence[str], shape: tuple[int, int, int], num_classes
             raise ValueError(f"surrogate {path} takes {input_shape} images with {classes} classes; "
                              f"the target takes {tuple(shape)} with {num_classes}")
         nets.append(net)
-    return Ensemble(nets, combine)
+    return Ensemble(nets, combine, weights)
 
 
 def margin(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -66,27 +66,54 @@ def margin(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return other - true
 
 
+def ensembles_by_kind(paths: Sequence[str], shape: tuple[int, int, int], num_classes: int, combine: str = "logits",
+                      device: str = "cpu") -> list[Ensemble]:
+    """All of ``paths`` with each kind (natural, adversarially trained) weighted equally, then each kind on its own.
+
+    A robust and a natural target's boundaries follow different surrogates (Fashion-MNIST
+    CNNs, docs/benchmarks.md): natural surrogates' directions reach a natural target's
+    boundary sooner alone than averaged with a robust one, while a robust target is best
+    reached from the mix. With one kind only, this is the one ensemble of all ``paths``.
+    """
+    robust = set(robust_surrogates(paths))
+    kinds = [k for k in ([str(p) for p in paths if str(p) not in robust], [str(p) for p in paths if str(p) in robust])
+             if k]
+    whole = [p for k in kinds for p in k]
+    weights = [1 / (len(kinds) * len(k)) for k in kinds for _ in k]
+    ensembles = [load_ensemble(whole, shape, num_classes, combine, device, weights)]
+    if len(kinds) > 1:
+        ensembles += [load_ensemble(k, shape, num_classes, combine, device) for k in kinds]
+    return ensembles
+
+
 class Ensemble:
     """Surrogates attacked together; ``combine`` averages their ``"logits"`` (then one margin) or their ``"loss"``es.
 
     Margins are scaled by each model's own logit spread (mean per-row std), so that no
-    surrogate with large logits dominates the average.
+    surrogate with large logits dominates the average. ``weights`` (default equal) weight
+    the average; they are normalised to sum to 1.
     """
 
-    def __init__(self, nets: Sequence[nn.Module], combine: str = "logits") -> None:
+    def __init__(self, nets: Sequence[nn.Module], combine: str = "logits",
+                 weights: Sequence[float] | None = None) -> None:
         if not nets:
             raise ValueError("an ensemble needs at least one surrogate")
         if combine not in COMBINE:
             raise ValueError(f"combine must be one of {COMBINE}, got {combine!r}")
+        weights = [1.0] * len(nets) if weights is None else list(weights)
+        if len(weights) != len(nets) or min(weights) < 0 or sum(weights) <= 0:
+            raise ValueError(f"need one non-negative weight per surrogate ({len(nets)}), not all 0; got {weights}")
         self.nets = list(nets)
         self.combine = combine
+        self.weights = torch.tensor(weights) / sum(weights)
 
     def loss(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Per-row adversarial loss (higher is more adversarial) of float N x C x H x W images in [0, 1]."""
-        logits = [_normalised(net(x)) for net in self.nets]
+        logits = torch.stack([_normalised(net(x)) for net in self.nets])
+        weights = self.weights.to(logits.device).view(-1, 1, 1)
         if self.combine == "logits":
-            return margin(torch.stack(logits).mean(0), labels)
-        return torch.stack([margin(z, labels) for z in logits]).mean(0)
+            return margin((weights * logits).sum(0), labels)
+        return (weights[:, :, 0] * torch.stack([margin(z, labels) for z in logits])).sum(0)
 
     def gradient(self, x: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The per-row loss and its gradient with respect to ``x``."""

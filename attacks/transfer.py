@@ -8,12 +8,16 @@ queries, and spent the rest refining with a boundary-type attack. Here:
 
 1. PGD and momentum-iterative (MI-FGSM) L2 attacks on the surrogate ensemble, for each
    radius in ``radii``: one candidate direction per (radius, momentum), all images at once.
+   When the surrogates mix natural and adversarially trained models, the ensemble weights
+   the two kinds equally, and each kind's own ensemble crafts candidates too
+   (:func:`attacks.surrogate.ensembles_by_kind`).
 2. Each candidate is a line from the clean image. The target is asked one question per
    line, at the current best distance along it (the full candidate while there is
    none): a line that is not adversarial there cannot improve on the best and costs
    nothing more; one that is gets bisected to the boundary (:func:`attacks.linesearch.bisect`).
-3. ``refine`` (GeoDA by default) continues from the best point with the remaining
-   queries; images no line fooled get its usual starting-point search.
+3. ``refine`` continues from the best point with the remaining queries; images no line
+   fooled get its usual starting-point search. The default, GeoDA with a ``prior``, starts
+   its normal estimate from the best line's direction instead of discarding it.
 """
 from __future__ import annotations
 
@@ -27,7 +31,7 @@ from attacks.budgeted import BudgetedModel
 from attacks.geoda import GeoDA
 from attacks.lattice import STEP, quantize
 from attacks.linesearch import bisect
-from attacks.surrogate import COMBINE, load_ensemble, pgd_l2, to_rows, to_tensor
+from attacks.surrogate import COMBINE, ensembles_by_kind, pgd_l2, to_rows, to_tensor
 
 
 @dataclass(frozen=True)
@@ -41,7 +45,7 @@ class TransferAttack(Attack):
     steps: int = 20
     momenta: tuple[float, ...] = (0.0, 0.9)
     combine: str = "logits"
-    refine: Attack | None = GeoDA()
+    refine: Attack | None = GeoDA(prior=500.0)
     device: str = "cpu"
     batch_size: int = 256
 
@@ -53,14 +57,15 @@ class TransferAttack(Attack):
 
     def _run(self, model: BudgetedModel, ids: np.ndarray, rng: np.random.Generator) -> None:
         shape = model.images.shape[1:]
-        ensemble = load_ensemble(self.surrogates, shape, model.model.info.num_classes, self.combine, self.device)
+        ensembles = ensembles_by_kind(self.surrogates, shape, model.model.info.num_classes, self.combine, self.device)
         clean = model.clean(ids)
         x = to_tensor(clean, shape, self.device)
         labels = torch.from_numpy(model.labels[ids]).to(self.device)
-        for radius in sorted(self.radii):
-            for momentum in self.momenta:
-                candidate = to_rows(pgd_l2(ensemble, x, labels, radius, self.steps, momentum, self.batch_size))
-                search_line(model, ids, clean, candidate)
+        for ensemble in ensembles:
+            for radius in sorted(self.radii):
+                for momentum in self.momenta:
+                    candidate = to_rows(pgd_l2(ensemble, x, labels, radius, self.steps, momentum, self.batch_size))
+                    search_line(model, ids, clean, candidate)
         if self.refine is not None:
             self.refine.run(model, ids, rng)
 

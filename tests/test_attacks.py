@@ -12,7 +12,7 @@ from torch import nn
 from attacks import (ATTACKS, SURROGATE_ATTACKS, BlendedUniformNoise, BoundaryAttack, BudgetedModel, BudgetExceeded,
                      GeoDA, HopSkipJump, ModelInfo, TorchModel, create_attack)
 from attacks.directions import dct_matrix
-from attacks.lattice import l2, to_unit
+from attacks.lattice import l2, quantize, to_unit
 
 NOISE_START = (BlendedUniformNoise(repeats=20, until_found=True),)
 LABEL_ONLY = sorted(set(ATTACKS) - SURROGATE_ATTACKS)  # the others need surrogate artifacts: tests/test_transfer.py
@@ -209,3 +209,33 @@ def test_attacks_show_their_hyperparameters_and_unknown_names_fail():
     assert "freq=0.3" in repr(create_attack("geoda", freq=0.3))
     with pytest.raises(ValueError, match="unknown attack"):
         create_attack("nope")
+
+
+def test_geoda_prior_keeps_a_good_start_direction_that_plain_geoda_walks_away_from():
+    """A transfer-like start, along a direction at cosine 0.8 to the boundary's normal (1.25x the minimum), 100 queries.
+
+    Plain GeoDA's first estimates (40 probes in 64 dimensions) point farther, so it never beats the start."""
+    problem = linear_problem()
+    weights = problem.model.net[1].weight.detach().numpy()
+    clean = to_unit(problem.images).reshape(len(problem.images), -1)
+    logits = clean @ weights.T
+    rows = np.arange(len(clean))
+    normals = weights[problem.labels][:, None, :] - weights[None]
+    dist = (logits[rows, problem.labels][:, None] - logits) / np.maximum(np.linalg.norm(normals, axis=2), 1e-12)
+    dist[rows, problem.labels] = np.inf
+    normal = -normals[rows, dist.argmin(axis=1)]
+    normal /= np.linalg.norm(normal, axis=1, keepdims=True)
+    other = np.random.default_rng(0).standard_normal(normal.shape)
+    other -= np.sum(other * normal, axis=1, keepdims=True) * normal
+    other /= np.linalg.norm(other, axis=1, keepdims=True)
+    start = quantize(clean + 2 * problem.exact[:, None] / 0.8 * (0.8 * normal + 0.6 * other))
+    ratios = {}
+    for prior in (0.0, 500.0):
+        model = BudgetedModel(problem.model, problem.images, problem.labels, budget=100)
+        assert model.is_adversarial(start, rows).all()
+        GeoDA(freq=1.0, prior=prior).run(model, rows, np.random.default_rng(0))
+        assert model.used.max() <= 100
+        ratios[prior] = model.best_l2 / problem.exact
+    assert np.all(ratios[500.0] >= 1 - 1e-9), "closer than the exact minimum: the adversarial is not real"
+    assert np.median(ratios[500.0]) < np.median(ratios[0.0]) - 0.02
+    assert np.median(ratios[500.0]) <= 1.22

@@ -214,3 +214,24 @@ def test_surrogate_gradients_flow_through_an_exported_artifact(surrogate_dir):
     assert torch.all(adv >= 0) and torch.all(adv <= 1)
     before, after = Ensemble([net]).loss(x, labels), Ensemble([net]).loss(adv, labels)
     assert torch.all(after > before), "PGD raises the surrogate's margin loss"
+
+
+def test_ensembles_by_kind_weight_natural_and_robust_surrogates_equally_then_attack_each_kind_alone(tmp_path,
+                                                                                                    surrogate_dir):
+    from attacks.surrogate import Ensemble, ensembles_by_kind, load_surrogate
+
+    robust = str(surrogate_dir)  # training.loss "trades"
+    natural = [str(make_artifact(tmp_path / f"natural{i}", training={"loss": "natural"}, seed=i + 1))
+               for i in range(2)]
+    whole, natural_only, robust_only = ensembles_by_kind([natural[0], robust, natural[1]], (28, 28, 1), 10)
+    nets = {p: load_surrogate(p, "cpu")[0] for p in [robust, *natural]}
+    assert whole.nets == [nets[natural[0]], nets[natural[1]], nets[robust]]
+    assert whole.weights.tolist() == [0.25, 0.25, 0.5]
+    assert natural_only.nets == [nets[natural[0]], nets[natural[1]]] and robust_only.nets == [nets[robust]]
+    assert len(ensembles_by_kind(natural, (28, 28, 1), 10)) == 1, "one kind: just the ensemble of all"
+    x = torch.rand(4, 1, 28, 28)
+    labels = torch.arange(4)
+    torch.testing.assert_close(Ensemble([nets[natural[0]], nets[robust]], weights=[0, 1]).loss(x, labels),
+                               Ensemble([nets[robust]]).loss(x, labels))
+    with pytest.raises(ValueError, match="one non-negative weight per surrogate"):
+        Ensemble([nets[robust]], weights=[1, 1])

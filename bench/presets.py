@@ -7,8 +7,9 @@ combine attacks that win on different images; subsets are ranked by the geometri
 over the models, of their median distance. The presets in ``attacks/suite.py`` were
 chosen with::
 
-    python bench/presets.py --json presets.json \\
-        --surrogates runs/fmnist-surrogate-pgd/artifact,runs/fmnist-surrogate-natural/artifact
+    S=runs/fmnist-surrogate-pgd/artifact,runs/fmnist-surrogate-natural/artifact
+    for s in 1 2 3 4; do S=$S,runs/fmnist-surrogate-natural8-s$s/artifact; done
+    python bench/presets.py --json presets.json --surrogates $S
 
 Rerunning with the same ``--json`` skips the candidates already measured there.
 Exit codes: 0 done, 2 bad input.

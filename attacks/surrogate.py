@@ -75,9 +75,9 @@ def ensembles_by_kind(paths: Sequence[str], shape: tuple[int, int, int], num_cla
     boundary sooner alone than averaged with a robust one, while a robust target is best
     reached from the mix. With one kind only, this is the one ensemble of all ``paths``.
     """
-    robust = set(robust_surrogates(paths))
-    kinds = [k for k in ([str(p) for p in paths if str(p) not in robust], [str(p) for p in paths if str(p) in robust])
-             if k]
+    paths = [str(p) for p in paths]
+    robust = robust_surrogates(paths)
+    kinds = [k for k in ([p for p in paths if p not in robust], list(robust)) if k]
     whole = [p for k in kinds for p in k]
     weights = [1 / (len(kinds) * len(k)) for k in kinds for _ in k]
     ensembles = [load_ensemble(whole, shape, num_classes, combine, device, weights)]
@@ -110,10 +110,10 @@ class Ensemble:
     def loss(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Per-row adversarial loss (higher is more adversarial) of float N x C x H x W images in [0, 1]."""
         logits = torch.stack([_normalised(net(x)) for net in self.nets])
-        weights = self.weights.to(logits.device).view(-1, 1, 1)
+        weights = self.weights.to(logits.device)
         if self.combine == "logits":
-            return margin((weights * logits).sum(0), labels)
-        return (weights[:, :, 0] * torch.stack([margin(z, labels) for z in logits])).sum(0)
+            return margin(torch.einsum("k,knc->nc", weights, logits), labels)
+        return weights @ torch.stack([margin(z, labels) for z in logits])
 
     def gradient(self, x: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The per-row loss and its gradient with respect to ``x``."""

@@ -10,6 +10,7 @@ or their losses.
 from __future__ import annotations
 
 from functools import lru_cache
+from itertools import repeat
 from typing import Sequence
 
 import numpy as np
@@ -59,9 +60,12 @@ def load_ensemble(paths: Sequence[str], shape: tuple[int, int, int], num_classes
     return Ensemble(nets, combine, weights)
 
 
-def margin(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Per row: the best other class's logit minus the true class's (> 0 exactly when misclassified)."""
+def margin(logits: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
+    """Per row: the best other class's logit minus the true class's (> 0 exactly when misclassified), or with
+    ``targets``, the target class's logit minus the true class's."""
     true = logits.gather(1, labels[:, None]).squeeze(1)
+    if targets is not None:
+        return logits.gather(1, targets[:, None]).squeeze(1) - true
     other = logits.scatter(1, labels[:, None], float("-inf")).amax(dim=1)
     return other - true
 
@@ -107,19 +111,25 @@ class Ensemble:
         self.combine = combine
         self.weights = torch.tensor(weights) / sum(weights)
 
-    def loss(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Per-row adversarial loss (higher is more adversarial) of float N x C x H x W images in [0, 1]."""
-        logits = torch.stack([_normalised(net(x)) for net in self.nets])
-        weights = self.weights.to(logits.device)
+    def loss(self, x: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-row adversarial loss (higher is more adversarial) of float N x C x H x W images in [0, 1]: the
+        :func:`margin`, untargeted or toward ``targets``."""
         if self.combine == "logits":
-            return margin(torch.einsum("k,knc->nc", weights, logits), labels)
-        return weights @ torch.stack([margin(z, labels) for z in logits])
+            return margin(self.logits(x), labels, targets)
+        logits = torch.stack([_normalised(net(x)) for net in self.nets])
+        return self.weights.to(logits.device) @ torch.stack([margin(z, labels, targets) for z in logits])
 
-    def gradient(self, x: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The weighted average of the surrogates' scaled logits: the ensemble's own class scores."""
+        logits = torch.stack([_normalised(net(x)) for net in self.nets])
+        return torch.einsum("k,knc->nc", self.weights.to(logits.device), logits)
+
+    def gradient(self, x: torch.Tensor, labels: torch.Tensor,
+                 targets: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The per-row loss and its gradient with respect to ``x``."""
         with torch.enable_grad():
             x = x.detach().requires_grad_(True)
-            loss = self.loss(x, labels)
+            loss = self.loss(x, labels, targets)
             (grad,) = torch.autograd.grad(loss.sum(), x)
         return loss.detach(), grad
 
@@ -132,32 +142,34 @@ def _unit(v: torch.Tensor) -> torch.Tensor:
     return v / v.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (v.dim() - 1)))
 
 
-def pgd_l2(ensemble: Ensemble, x: torch.Tensor, labels: torch.Tensor, radius: float, steps: int,
-           momentum: float = 0.0, batch_size: int = 256) -> torch.Tensor:
+def pgd_l2(ensemble: Ensemble, x: torch.Tensor, labels: torch.Tensor, radius: float | torch.Tensor, steps: int,
+           momentum: float = 0.0, batch_size: int = 256, targets: torch.Tensor | None = None) -> torch.Tensor:
     """Maximise the ensemble's loss within the L2 ball of ``radius`` around ``x`` (and the [0, 1] box).
 
     ``momentum`` = 0 is PGD (Madry et al., ICLR 2018) with normalised L2 steps of
     2.5 * radius / steps; > 0 is the momentum-iterative method (MI-FGSM, Dong et al.,
-    CVPR 2018), whose accumulated direction transfers better between models. Returns
-    the last iterate (the one with the largest perturbation budget spent), in chunks of
-    ``batch_size`` rows.
+    CVPR 2018), whose accumulated direction transfers better between models. ``radius``
+    is one for all rows or one per row; ``targets`` (one class per row) makes the attack
+    targeted. Returns the last iterate (the one with the largest perturbation budget
+    spent), in chunks of ``batch_size`` rows.
     """
-    out = []
-    for chunk, chunk_labels in zip(x.split(batch_size), labels.split(batch_size)):
-        out.append(_pgd_chunk(ensemble, chunk, chunk_labels, radius, steps, momentum))
+    radius = torch.as_tensor(radius, dtype=x.dtype, device=x.device).expand(len(x)).reshape(-1, 1, 1, 1)
+    chunks = [x.split(batch_size), labels.split(batch_size), radius.split(batch_size),
+              repeat(None) if targets is None else targets.split(batch_size)]
+    out = [_pgd_chunk(ensemble, *rows, steps, momentum) for rows in zip(*chunks)]
     return torch.cat(out) if out else x.clone()
 
 
-def _pgd_chunk(ensemble: Ensemble, x: torch.Tensor, labels: torch.Tensor, radius: float, steps: int,
-               momentum: float) -> torch.Tensor:
+def _pgd_chunk(ensemble: Ensemble, x: torch.Tensor, labels: torch.Tensor, radius: torch.Tensor,
+               targets: torch.Tensor | None, steps: int, momentum: float) -> torch.Tensor:
     step = 2.5 * radius / steps
     delta = torch.zeros_like(x)
     velocity = torch.zeros_like(x)
     for _ in range(steps):
-        _, grad = ensemble.gradient(x + delta, labels)
+        _, grad = ensemble.gradient(x + delta, labels, targets)
         velocity = momentum * velocity + _unit(grad)
         delta = delta + step * _unit(velocity)
-        delta = delta * (radius / delta.flatten(1).norm(dim=1).clamp_min(radius)).view(-1, 1, 1, 1)
+        delta = delta * (radius / torch.maximum(delta.flatten(1).norm(dim=1).view(-1, 1, 1, 1), radius).clamp_min(1e-12))
         delta = (x + delta).clamp(0, 1) - x
     return x + delta
 

@@ -11,11 +11,15 @@ queries, and spent the rest refining with a boundary-type attack. Here:
    When the surrogates mix natural and adversarially trained models, the ensemble weights
    the two kinds equally, and each kind's own ensemble crafts candidates too
    (:func:`attacks.surrogate.ensembles_by_kind`).
-2. Each candidate is a line from the clean image. The target is asked one question per
+2. Then targeted MI-FGSM on the first (whole) ensemble toward each image's ``targets`` likeliest
+   other classes under it, within the image's best distance so far (the largest radius if no line
+   fooled it): the surrogates' nearest class is often not the target's, and a line toward the
+   right one is shorter (Fashion-MNIST CNNs, docs/benchmarks.md).
+3. Each candidate is a line from the clean image. The target is asked one question per
    line, at the current best distance along it (the full candidate while there is
    none): a line that is not adversarial there cannot improve on the best and costs
    nothing more; one that is gets bisected to the boundary (:func:`attacks.linesearch.bisect`).
-3. ``refine`` continues from the best point with the remaining queries; images no line
+4. ``refine`` continues from the best point with the remaining queries; images no line
    fooled get its usual starting-point search. The default, GeoDA with a ``prior``, starts
    its normal estimate from the best line's direction instead of discarding it.
 """
@@ -31,19 +35,21 @@ from attacks.budgeted import BudgetedModel
 from attacks.geoda import GeoDA
 from attacks.lattice import STEP, quantize
 from attacks.linesearch import bisect
-from attacks.surrogate import COMBINE, ensembles_by_kind, pgd_l2, to_rows, to_tensor
+from attacks.surrogate import COMBINE, Ensemble, ensembles_by_kind, pgd_l2, to_rows, to_tensor
 
 
 @dataclass(frozen=True)
 class TransferAttack(Attack):
     """``surrogates``: artifact folders (loaded on first use, once per process); ``steps`` per candidate;
-    ``momenta``: 0 is PGD, > 0 MI-FGSM; ``combine``: average the surrogates' ``"logits"`` or ``"loss"``;
-    ``refine``: the decision-based attack that spends the remaining queries (None: stop after the lines)."""
+    ``momenta``: 0 is PGD, > 0 MI-FGSM; ``targets``: how many of each image's likeliest other classes get a
+    targeted line (0: none; it runs with the largest momentum); ``combine``: average the surrogates' ``"logits"`` or
+    ``"loss"``; ``refine``: the decision-based attack that spends the remaining queries (None: stop after the lines)."""
 
     surrogates: tuple[str, ...] = ()
     radii: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0)
     steps: int = 20
     momenta: tuple[float, ...] = (0.0, 0.9)
+    targets: int = 9
     combine: str = "logits"
     refine: Attack | None = GeoDA(prior=500.0)
     device: str = "cpu"
@@ -54,6 +60,8 @@ class TransferAttack(Attack):
             raise ValueError("the transfer attack needs at least one surrogate artifact folder (surrogates=(...))")
         if self.combine not in COMBINE:
             raise ValueError(f"combine must be one of {COMBINE}, got {self.combine!r}")
+        if self.targets < 0:
+            raise ValueError(f"targets must be >= 0 (0: no targeted lines), got {self.targets}")
 
     def _run(self, model: BudgetedModel, ids: np.ndarray, rng: np.random.Generator) -> None:
         shape = model.images.shape[1:]
@@ -66,8 +74,22 @@ class TransferAttack(Attack):
                 for momentum in self.momenta:
                     candidate = to_rows(pgd_l2(ensemble, x, labels, radius, self.steps, momentum, self.batch_size))
                     search_line(model, ids, clean, candidate)
+        self._targeted_lines(model, ids, clean, x, labels, ensembles[0])
         if self.refine is not None:
             self.refine.run(model, ids, rng)
+
+
+    def _targeted_lines(self, model: BudgetedModel, ids: np.ndarray, clean: np.ndarray, x: torch.Tensor,
+                        labels: torch.Tensor, ensemble: Ensemble) -> None:
+        """One line per image toward each of its ``targets`` likeliest other classes, within its best distance."""
+        with torch.no_grad():
+            scores = torch.cat([ensemble.logits(chunk) for chunk in x.split(self.batch_size)])
+        ranked = scores.scatter(1, labels[:, None], float("-inf")).argsort(dim=1, descending=True)
+        radius = torch.from_numpy(np.minimum(model.best_l2[ids], max(self.radii)).astype(np.float32))
+        for k in range(min(self.targets, ranked.shape[1] - 1)):
+            candidate = pgd_l2(ensemble, x, labels, radius.to(self.device), self.steps, max(self.momenta),
+                               self.batch_size, ranked[:, k])
+            search_line(model, ids, clean, to_rows(candidate))
 
 
 def search_line(model: BudgetedModel, ids: np.ndarray, clean: np.ndarray, candidate: np.ndarray) -> None:

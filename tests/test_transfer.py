@@ -82,6 +82,8 @@ def test_transfer_refuses_missing_or_mismatched_surrogates(linear, target):
     net, images, labels = target
     with pytest.raises(ValueError, match="at least one surrogate"):
         TransferAttack()
+    with pytest.raises(ValueError, match="targets must be >= 0"):
+        TransferAttack(surrogates=(str(art),), targets=-1)
     model = BudgetedModel(net, images, labels, budget=50)
     with pytest.raises(ValueError, match=r"takes \(8, 8, 1\) images with 3 classes"):
         TransferAttack(surrogates=(str(art),)).run(model, np.arange(len(images)), np.random.default_rng(0))
@@ -214,6 +216,43 @@ def test_surrogate_gradients_flow_through_an_exported_artifact(surrogate_dir):
     assert torch.all(adv >= 0) and torch.all(adv <= 1)
     before, after = Ensemble([net]).loss(x, labels), Ensemble([net]).loss(adv, labels)
     assert torch.all(after > before), "PGD raises the surrogate's margin loss"
+
+
+def test_targeted_pgd_reaches_the_asked_class_within_each_rows_own_radius(surrogate_dir):
+    from attacks.surrogate import Ensemble, load_surrogate, pgd_l2
+
+    net = load_surrogate(str(surrogate_dir))[0]
+    x = torch.rand(4, 1, 28, 28)
+    labels = net(x).argmax(1)
+    targets = (labels + torch.tensor([1, 2, 3, 4])) % 10
+    radius = torch.tensor([0.5, 1.0, 8.0, 8.0])
+    adv = pgd_l2(Ensemble([net]), x, labels, radius, steps=20, momentum=0.9, batch_size=3, targets=targets)
+    assert torch.all((adv - x).flatten(1).norm(dim=1) <= radius + 1e-4)
+    assert torch.equal(net(adv[2:]).argmax(1), targets[2:]), "a wide enough ball reaches the asked class"
+    lifted = Ensemble([net]).loss(adv, labels, targets) - Ensemble([net]).loss(x, labels, targets)
+    assert torch.all(lifted > 0), "every row moves toward its own target"
+
+
+def test_targeted_lines_reach_the_targets_nearest_class_when_the_surrogates_nearest_is_another(tmp_path, linear):
+    """A surrogate with the target's weights but a bias toward class 2: its untargeted direction heads for class 2
+    even where the target's nearest boundary is another class's; the targeted lines find that one."""
+    problem, _ = linear
+    weights = problem.model.net[1].weight.detach()
+    biased = torch.nn.Linear(weights.shape[1], 3)
+    biased.weight.data, biased.bias.data = weights.clone(), torch.tensor([0.0, 0.0, 0.6])
+    art = save_artifact(torch.nn.Sequential(torch.nn.Flatten(), biased), tmp_path / "biased", input_shape=(8, 8, 1),
+                        class_names=["a", "b", "c"], arch="linear", dataset="test", training={}, metrics={})
+
+    def ratios(targets: int) -> np.ndarray:
+        model = BudgetedModel(problem.model, problem.images, problem.labels, budget=200)
+        TransferAttack(surrogates=(str(art),), targets=targets, refine=None).run(
+            model, np.arange(len(problem.images)), np.random.default_rng(0))
+        assert model.used.max() <= 200
+        return model.best_l2 / problem.exact
+
+    untargeted, targeted = ratios(0), ratios(2)
+    assert untargeted.max() > 1.05, "the fixture must mislead the untargeted lines somewhere"
+    assert np.all(targeted >= 1 - 1e-9) and targeted.max() <= 1.02
 
 
 def test_ensembles_by_kind_weight_natural_and_robust_surrogates_equally_then_attack_each_kind_alone(tmp_path,

@@ -169,7 +169,8 @@ def _pgd_chunk(ensemble: Ensemble, x: torch.Tensor, labels: torch.Tensor, radius
         _, grad = ensemble.gradient(x + delta, labels, targets)
         velocity = momentum * velocity + _unit(grad)
         delta = delta + step * _unit(velocity)
-        delta = delta * (radius / torch.maximum(delta.flatten(1).norm(dim=1).view(-1, 1, 1, 1), radius).clamp_min(1e-12))
+        norm = delta.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+        delta = delta * (radius / torch.maximum(norm, radius).clamp_min(1e-12))
         delta = (x + delta).clamp(0, 1) - x
     return x + delta
 

@@ -50,12 +50,12 @@ TRANSFER_BIASED = SuiteEntry("transfer", {"refine": SuiteEntry("biased_boundary"
 # Chosen by measuring (bench/presets.py, command in its docstring): Fashion-MNIST SmallCNNs, natural
 # and TRADES, 100 correctly classified test images from index 5000, 1000 queries per image for each
 # attack on its own, surrogates one PGD-AT and five natural SmallCNNs. Median of the per-image
-# minimum, natural / TRADES: top5 0.306 / 1.125 (the best 5 of the 11 candidates measured gave
-# 0.304 / 1.111, within noise) and quick 0.313 / 1.222, against 0.417 / 1.286 for GeoDA alone, the
-# best label-only attack. The transfer start (0.313 / 1.266 alone) is the best single attack on the
-# natural model; on the TRADES one it is the transfer start refined by a Boundary Attack biased by
-# the PGD-AT surrogate's gradient (1.172 alone), the AVC winners' recipe, whose bias misleads on the
-# natural model (0.356 there).
+# minimum, natural / TRADES: top5 0.305 / 1.084 (the best 5 of the 11 candidates measured gave
+# 0.300 / 1.077, within noise) and quick 0.308 / 1.140, against 0.417 / 1.286 for GeoDA alone, the
+# best label-only attack. The transfer start (0.308 / 1.140 alone) is the best single attack on the
+# natural model; on the TRADES one it ties with the transfer start refined by a Boundary Attack
+# biased by the PGD-AT surrogate's gradient (1.139 alone), the AVC winners' recipe, whose bias
+# misleads on the natural model (0.326 there).
 PRESETS: dict[str, tuple[SuiteEntry, ...]] = {
     "top5": (TRANSFER, GEODA, BIASED, HSJA, TRANSFER_BIASED),
     "quick": (TRANSFER, GEODA),

@@ -116,13 +116,16 @@ class Ensemble:
         :func:`margin`, untargeted or toward ``targets``."""
         if self.combine == "logits":
             return margin(self.logits(x), labels, targets)
-        logits = torch.stack([_normalised(net(x)) for net in self.nets])
-        return self.weights.to(logits.device) @ torch.stack([margin(z, labels, targets) for z in logits])
+        margins = torch.stack([margin(z, labels, targets) for z in self._scaled_logits(x)])
+        return self.weights.to(margins.device) @ margins
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """The weighted average of the surrogates' scaled logits: the ensemble's own class scores."""
-        logits = torch.stack([_normalised(net(x)) for net in self.nets])
+        logits = self._scaled_logits(x)
         return torch.einsum("k,knc->nc", self.weights.to(logits.device), logits)
+
+    def _scaled_logits(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([_normalised(net(x)) for net in self.nets])
 
     def gradient(self, x: torch.Tensor, labels: torch.Tensor,
                  targets: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -85,10 +85,10 @@ class TransferAttack(Attack):
         with torch.no_grad():
             scores = torch.cat([ensemble.logits(chunk) for chunk in x.split(self.batch_size)])
         ranked = scores.scatter(1, labels[:, None], float("-inf")).argsort(dim=1, descending=True)
-        radius = torch.from_numpy(np.minimum(model.best_l2[ids], max(self.radii)).astype(np.float32))
+        radius = torch.from_numpy(np.minimum(model.best_l2[ids], max(self.radii)).astype(np.float32)).to(self.device)
         for k in range(min(self.targets, ranked.shape[1] - 1)):
-            candidate = pgd_l2(ensemble, x, labels, radius.to(self.device), self.steps, max(self.momenta),
-                               self.batch_size, ranked[:, k])
+            candidate = pgd_l2(ensemble, x, labels, radius, self.steps, max(self.momenta), self.batch_size,
+                               ranked[:, k])
             search_line(model, ids, clean, to_rows(candidate))
 
 

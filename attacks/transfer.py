@@ -82,13 +82,14 @@ class TransferAttack(Attack):
     def _targeted_lines(self, model: BudgetedModel, ids: np.ndarray, clean: np.ndarray, x: torch.Tensor,
                         labels: torch.Tensor, ensemble: Ensemble) -> None:
         """One line per image toward each of its ``targets`` likeliest other classes, within its best distance."""
+        if not self.targets:
+            return
         with torch.no_grad():
             scores = torch.cat([ensemble.logits(chunk) for chunk in x.split(self.batch_size)])
-        ranked = scores.scatter(1, labels[:, None], float("-inf")).argsort(dim=1, descending=True)
+        likeliest = scores.scatter(1, labels[:, None], float("-inf")).topk(min(self.targets, scores.shape[1] - 1))
         radius = torch.from_numpy(np.minimum(model.best_l2[ids], max(self.radii)).astype(np.float32)).to(self.device)
-        for k in range(min(self.targets, ranked.shape[1] - 1)):
-            candidate = pgd_l2(ensemble, x, labels, radius, self.steps, max(self.momenta), self.batch_size,
-                               ranked[:, k])
+        for targets in likeliest.indices.T:
+            candidate = pgd_l2(ensemble, x, labels, radius, self.steps, max(self.momenta), self.batch_size, targets)
             search_line(model, ids, clean, to_rows(candidate))
 
 

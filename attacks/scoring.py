@@ -10,14 +10,15 @@ uninterrupted one exactly; a unit cut off halfway is run again from its start.
 
 After a chunk's attacks, each image's winning adversarial is classified once more
 (``verify``: not charged to any attack's budget), and with the model in hand the
-white-box reference distance is computed (``reference``).
+white-box reference distance is computed (``reference``), starting both from the clean
+images and from the suite's winning adversarials.
 """
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Protocol
 
 import numpy as np
 from tqdm import tqdm
@@ -28,7 +29,12 @@ from attacks.lattice import to_unit
 from attacks.model import LabelOnlyModel, ModelInfo
 from defense.atomic import atomic_open
 
-Reference = Callable[[np.ndarray, np.ndarray], np.ndarray]  # uint8 images, labels -> verified L2 per image
+
+class Reference(Protocol):
+    """A white-box minimal-norm attack: verified L2 per image of uint8 ``images`` with true ``labels``, also trying
+    from ``starts`` (uint8, each image's best known adversarial, or the clean image where there is none)."""
+
+    def __call__(self, images: np.ndarray, labels: np.ndarray, *, starts: np.ndarray) -> np.ndarray: ...
 
 
 def worst_case_l2(images: np.ndarray) -> np.ndarray:
@@ -130,12 +136,14 @@ class SuiteRun:
             bar.update(max(before + self.budget * len(images) - bar.n, 0))  # what the unit did not spend
             results.append(result)
         bar.set_description(f"chunk {chunk + 1} verify")
-        verified = self._unit(self.state_dir / f"c{chunk:04d}-verify.npz", lambda: self._verify(results, images))
+        distances = np.array([a.distances for a in results])
+        found, winners = np.isfinite(distances.min(axis=0)), winning(distances, np.stack([a.best for a in results]))
+        verified = self._unit(self.state_dir / f"c{chunk:04d}-verify.npz", lambda: self._verify(found, winners))
         reference = None
         if self.reference is not None:
             bar.set_description(f"chunk {chunk + 1} reference")
             reference = self._unit(self.state_dir / f"c{chunk:04d}-reference.npz",
-                                   lambda: self.reference(images, labels))
+                                   lambda: self.reference(images, labels, starts=winners))
         return ChunkResult(start, results, verified, reference)
 
     def _run_attack(self, model: CountingModel, name: str, attack: Attack, images: np.ndarray, labels: np.ndarray,
@@ -156,14 +164,11 @@ class SuiteRun:
         ledger.load_state(state)
         return AttackResult(ledger.best_l2, ledger.used, ledger.best, float(state["seconds"]), int(state["calls"]))
 
-    def _verify(self, results: list[AttackResult], images: np.ndarray) -> np.ndarray:
+    def _verify(self, found: np.ndarray, winners: np.ndarray) -> np.ndarray:
         """Classify each image's winning adversarial again (uint8, as the model saw it); -1 where there is none."""
-        distances = np.array([a.distances for a in results])
-        winner = np.argmin(distances, axis=0)
-        labels = np.full(len(images), -1, dtype=np.int64)
-        rows = np.flatnonzero(np.isfinite(distances.min(axis=0)))
-        if len(rows):
-            labels[rows] = self.model(np.stack([results[winner[i]].best[i] for i in rows]))
+        labels = np.full(len(winners), -1, dtype=np.int64)
+        if found.any():
+            labels[found] = self.model(winners[found])
         return labels
 
     @staticmethod
@@ -176,6 +181,12 @@ class SuiteRun:
         with atomic_open(path, "wb") as f:
             np.savez(f, value=value)
         return value
+
+
+def winning(distances: np.ndarray, best: np.ndarray) -> np.ndarray:
+    """Each image's closest adversarial over the attacks (``distances`` A x n, ``best`` A x n x H x W x C uint8);
+    the clean image where none fooled it, since an attack's ``best`` starts as the clean image."""
+    return best[distances.argmin(axis=0), np.arange(distances.shape[1])]
 
 
 @dataclass
@@ -212,4 +223,4 @@ def collect(chunks: list[ChunkResult], names: list[str]) -> Scores:
                   seconds=np.sum([[a.seconds for a in c.attacks] for c in chunks], axis=0),
                   calls=np.sum([[a.calls for a in c.attacks] for c in chunks], axis=0),
                   verified_labels=np.concatenate([c.verified_labels for c in chunks]),
-                  adversarials=best[distances.argmin(axis=0), np.arange(distances.shape[1])], reference=reference)
+                  adversarials=winning(distances, best), reference=reference)

@@ -246,13 +246,15 @@ def suite_attacks(preset: str, surrogates: list[Path]) -> dict[str, Attack]:
 
 
 def run_whitebox(net: Callable[[torch.Tensor], torch.Tensor], images: np.ndarray, labels: np.ndarray,
-                 steps: int) -> Result:
-    """The scorer's white-box reference (FMN, :func:`attacks.whitebox.minimal_l2`, which verifies on the lattice)."""
+                 steps: int, starts: np.ndarray | None) -> Result:
+    """The scorer's white-box reference (FMN, :func:`attacks.whitebox.minimal_l2`, which verifies on the lattice),
+    from the clean images and, as the scorer does, from ``starts`` (the suite's adversarials; None: no suite ran)."""
     start = time.perf_counter()
     with tqdm(total=1, desc="whitebox", leave=False, file=sys.stderr):
-        distances = minimal_l2(net, images, labels, steps=steps)
-    return Result("whitebox", f"minimal_l2(steps={steps})", distances, None, np.zeros(len(images), dtype=np.int64),
-                  time.perf_counter() - start)
+        distances = minimal_l2(net, images, labels, steps=steps, starts=starts)
+    origin = "clean" if starts is None else "clean and suite"
+    return Result("whitebox", f"minimal_l2(steps={steps}, from {origin})", distances, None,
+                  np.zeros(len(images), dtype=np.int64), time.perf_counter() - start)
 
 
 def bench_model(name: str, art_dir: Path, images: np.ndarray, labels: np.ndarray,
@@ -269,12 +271,15 @@ def bench_model(name: str, art_dir: Path, images: np.ndarray, labels: np.ndarray
     for method in (m for m in args.methods if m in FOOLBOX):
         results.append(run_foolbox(method, settings_for(method, name, args.set), model.net,
                                    model.info.num_classes, x, y, args.budget, args.seed))
+    starts = None
     if "suite" in args.methods:
         members = run_ours(suite_attacks(args.preset, args.surrogates), model, x, y, args.budget, args.seed)
-        results += [*members, suite_min(f"{args.preset} (min)", members)]
+        suite = suite_min(f"{args.preset} (min)", members)
+        results += [*members, suite]
         ours_results += members
+        starts = suite.adversarials
     if "whitebox" in args.methods:
-        results.append(run_whitebox(model.net, x, y, args.whitebox_steps))
+        results.append(run_whitebox(model.net, x, y, args.whitebox_steps, starts))
     for result in results:
         result.extra["unverified"] = verify(model, result, x, y)
         log(f"  {result.method:<24} median {result.median:.4f}  {result.seconds:7.1f} s  {result.settings}")

@@ -43,6 +43,7 @@ def test_bench_runs_our_attacks_within_budget_and_reports_goals(bench, fmnist_di
         assert all(d is not None and d > 0 for d in methods[name]["distances"])  # the untrained CNN is easy to fool
     suite = methods["top5 (min)"]["distances"]
     assert suite == [min(methods[m]["distances"][i] for m in members) for i in range(2)]
+    assert all(w <= d + 1e-9 for w, d in zip(methods["whitebox"]["distances"], suite))  # it refines the suite's points
     # without Foolbox, the goals against it are left out
     assert set(report["figures"]) == {"tiny suite/whitebox median ratio", "tiny mean images per model call"}
     assert capsys.readouterr().out.splitlines()[-1].startswith("tiny mean images per model call: ")

@@ -72,6 +72,15 @@ def test_a_model_that_is_always_wrong_scores_zero(tmp_path):
     assert s["queries"]["attacks_total"] == 2 * 6  # the clean check of each image by each attack, nothing more
 
 
+def test_reference_starts_from_the_suites_adversarials_so_it_is_never_farther(artifact_dir, folder, tmp_path):
+    """One FMN step from the clean image finds nothing; from each image's winning adversarial it keeps that point."""
+    out = tmp_path / "out"
+    assert score("--model", artifact_dir, "--data", folder, "--output", out, "--reference-steps", "1", *CHEAP) == 0
+    fooled = [image for image in read(out)["images"] if image["fooled"]]
+    assert fooled and all(image["reference"] is not None and image["reference"] <= image["distance"] + 1e-9
+                          for image in fooled)
+
+
 def test_report_has_every_field_and_only_verified_adversarials(artifact_dir, folder, tmp_path, capsys):
     out = tmp_path / "out"
     assert score("--model", artifact_dir, "--data", folder, "--output", out, "--reference-steps", "20", *CHEAP) == 0
@@ -90,13 +99,15 @@ def test_report_has_every_field_and_only_verified_adversarials(artifact_dir, fol
                     "images_per_call"):
             assert key in a, key
         assert a["queries_max"] <= 40
-    assert s["reference"]["median"] is not None and s["reference"]["suite_over_reference_median"] > 0
+    assert s["reference"]["median"] is not None and s["reference"]["suite_over_reference_median"] >= 1
+    assert 0 <= s["reference"]["closer_than_suite"] <= N_IMAGES
     by_index = {image["index"]: image for image in r["images"]}
     assert by_index[1]["misclassified"] and by_index[1]["distance"] == 0.0
     for image in r["images"]:
         best = min((a["distance"] for a in image["attacks"].values() if a["distance"] is not None), default=None)
         if image["fooled"]:
             assert image["distance"] == best > 0 and image["adversarial_label"] != image["label"]
+            assert image["reference"] <= image["distance"] + 1e-9  # FMN also refines the suite's adversarial
             assert image["attacks"][image["winner"]]["distance"] == best
     assert r["distances"] == [image["distance"] for image in r["images"]]
     assert np.median(r["distances"]) == pytest.approx(s["median"])

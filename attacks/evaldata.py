@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from attacks.model import LabelOnlyModel
 from defense import evalset
 from defense.evalset import EvalSet
 from defense.fashion_mnist import FASHION_MNIST_DIR, load_fashion_split
@@ -65,3 +66,20 @@ def pick(count: int, n: int, sampling: str, seed: int) -> np.ndarray:
     if sampling == "first":
         return np.arange(count)
     return np.sort(np.random.default_rng(seed).choice(n, size=count, replace=False))
+
+
+def first_correct(model: LabelOnlyModel, images: np.ndarray, labels: np.ndarray, offset: int,
+                  count: int) -> np.ndarray:
+    """Indices of the first ``count`` images from ``offset`` that ``model`` classifies correctly (the benches' rule:
+    an image the model already gets wrong has distance 0 and says nothing about an attack)."""
+    found: list[np.ndarray] = []
+    for start in range(offset, len(images), 1024):
+        chunk = np.arange(start, min(start + 1024, len(images)))
+        found.append(chunk[model(images[chunk]) == labels[chunk]])
+        if sum(map(len, found)) >= count:
+            break
+    picked = np.concatenate(found)[:count] if found else np.empty(0, dtype=np.int64)
+    if len(picked) < count:
+        raise ValueError(f"only {len(picked)} correctly classified test images from index {offset}, "
+                         f"{count} asked for")
+    return picked

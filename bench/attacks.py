@@ -49,6 +49,7 @@ import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from attacks import PRESETS, ArtifactModel, Attack, LabelOnlyModel, build_suite, create_attack, name_attacks  # noqa: E402
+from attacks.evaldata import first_correct  # noqa: E402
 from attacks.lattice import l2, to_uint8, to_unit  # noqa: E402
 from attacks.scoring import SuiteRun  # noqa: E402
 from attacks.whitebox import minimal_l2  # noqa: E402
@@ -203,22 +204,6 @@ def run_foolbox(method: str, settings: dict[str, Any], net: Callable[[torch.Tens
 
 
 # --- the bench ---------------------------------------------------------------------------
-
-def first_correct(model: LabelOnlyModel, images: np.ndarray, labels: np.ndarray, offset: int,
-                  count: int) -> np.ndarray:
-    """Indices of the first ``count`` images from ``offset`` that ``model`` classifies correctly."""
-    found: list[np.ndarray] = []
-    for start in range(offset, len(images), 1024):
-        chunk = np.arange(start, min(start + 1024, len(images)))
-        found.append(chunk[model(images[chunk]) == labels[chunk]])
-        if sum(map(len, found)) >= count:
-            break
-    picked = np.concatenate(found)[:count] if found else np.empty(0, dtype=np.int64)
-    if len(picked) < count:
-        raise ValueError(f"only {len(picked)} correctly classified test images from index {offset}, "
-                         f"{count} asked for")
-    return picked
-
 
 def verify(model: LabelOnlyModel, result: Result, images: np.ndarray, labels: np.ndarray) -> int:
     """Images whose reported adversarial is not misclassified, or not at its reported distance (0: all good)."""

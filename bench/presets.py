@@ -33,6 +33,7 @@ import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from attacks import PRESETS, ArtifactModel, BudgetedModel, SuiteEntry, build_attack  # noqa: E402
+from attacks.evaldata import first_correct  # noqa: E402
 from attacks.suite import TRANSFER_BIASED  # noqa: E402
 from defense.atomic import atomic_write_text  # noqa: E402
 from training.data import FASHION_MNIST_DIR, load_fashion_mnist  # noqa: E402
@@ -65,16 +66,6 @@ class CallCounter:
         self.calls += 1
         self.queries += len(images)
         return self.model(images)
-
-
-def correct_images(model: ArtifactModel, images: np.ndarray, labels: np.ndarray, offset: int,
-                   count: int) -> tuple[np.ndarray, np.ndarray]:
-    """The first ``count`` images from ``offset`` that ``model`` classifies correctly."""
-    chunk = slice(offset, offset + 4 * count)
-    keep = np.flatnonzero(model(images[chunk]) == labels[chunk])[:count] + offset
-    if len(keep) < count:
-        raise ValueError(f"only {len(keep)} correctly classified images in {chunk}")
-    return images[keep], labels[keep]
 
 
 def run_candidate(entry: SuiteEntry, surrogates: tuple[str, ...], net: ArtifactModel, images: np.ndarray,
@@ -131,8 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     todo = [(m, c) for m in models for c in candidates if c not in results.get(m, {})]
     for model_name, label in tqdm(todo, desc="candidates", file=sys.stderr):
         net = ArtifactModel(MODELS[model_name])
-        images, labels = correct_images(net, data.test_images, data.test_labels, args.offset, args.images)
-        results.setdefault(model_name, {})[label] = run_candidate(CANDIDATES[label], surrogates, net, images, labels,
+        picked = first_correct(net, data.test_images, data.test_labels, args.offset, args.images)
+        results.setdefault(model_name, {})[label] = run_candidate(CANDIDATES[label], surrogates, net,
+                                                                  data.test_images[picked], data.test_labels[picked],
                                                                   args.budget, args.seed)
         atomic_write_text(args.json, json.dumps(results) + "\n")
     print(f"{'model':8} {'candidate':22} {'median':>7} {'mean':>7} {'wall_s':>7} {'img/call':>8}")

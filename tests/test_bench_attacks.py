@@ -1,29 +1,21 @@
 """bench/attacks.py end to end on a tiny artifact (no Foolbox needed), and the Foolbox ledger's budget rule."""
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from model_fixtures import make_artifact
+from script_modules import load_script
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_attacks", ROOT / "bench" / "attacks.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return load_script("bench/attacks.py")
 
 
 def test_bench_runs_our_attacks_within_budget_and_reports_goals(bench, fmnist_dir, tmp_path, capsys):

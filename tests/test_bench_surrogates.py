@@ -1,28 +1,20 @@
 """bench/surrogates.py end to end on tiny artifacts, and its infinite-ensemble ceiling."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
-from pathlib import Path
 
 import pytest
 
 from model_fixtures import make_artifact
+from script_modules import load_script
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_surrogates", ROOT / "bench" / "surrogates.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("bench/surrogates.py")
 
 
 def test_ceiling_inverts_the_shared_plus_own_noise_model(bench):

@@ -1,13 +1,11 @@
 """The training losses: TRADES' threat model, its reduction to CE, and agreement with the reference."""
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
 import torch.nn.functional as F
 
+from script_modules import load_script
 from training.models import create_model
 from training.pgd import pgd_attack, project
 from training.trades import LOSSES, AttackConfig, trades_adversary, trades_loss
@@ -61,10 +59,7 @@ def test_beta_zero_is_cross_entropy(model, batch):
 
 def test_trades_matches_reference_implementation(model, batch):
     """Same weights, batch and noise: our deduplicated loss equals the reference-style one."""
-    spec = importlib.util.spec_from_file_location(
-        "bench_train_step", Path(__file__).parents[1] / "bench" / "train_step.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_script("bench/train_step.py")
     x, y = batch
     cfg = AttackConfig(0.1, 0.02, 5, 6.0)
     torch.manual_seed(3)

@@ -17,7 +17,10 @@ predicts exactly (a flat one) is crossed.
 
 Distances follow the harness's rule: the adversarial is rounded to uint8 and
 re-classified; a bisection toward the clean image on the uint8 lattice (queries are free
-here) then keeps the closest rounded point that is still misclassified.
+here) then keeps the closest rounded point that is still misclassified. Given starting
+points (the scorer passes the suite's adversarials), each start is such a candidate too, so
+the reference is never farther than the suite even where FMN's float optimum lies between
+grey levels.
 """
 from __future__ import annotations
 
@@ -103,7 +106,12 @@ def _minimal_chunk(net: Logits, images: np.ndarray, labels: np.ndarray, steps: i
     x = torch.from_numpy(clean).to(device).permute(0, 3, 1, 2)
     y = torch.from_numpy(labels).to(device)
     best = np.where(_predict(net, images, device) != labels, 0.0, np.inf)
-    origins = [None] if starts is None else [None, torch.from_numpy(to_unit(starts)).to(device).permute(0, 3, 1, 2)]
+    origins = [None]
+    if starts is not None:
+        origins.append(torch.from_numpy(to_unit(starts)).to(device).permute(0, 3, 1, 2))
+        # The starts themselves: FMN keeps its best point in floats, which can lie closer than any uint8 image
+        # (a perturbation spread thin over many pixels rounds away), so its result alone can miss them.
+        best = np.minimum(best, _on_lattice(net, clean, to_unit(starts), labels, device))
     for alpha in step_sizes:
         for origin in origins:
             adv = fmn_l2(net, x, y, steps, alpha, start=origin).permute(0, 2, 3, 1).to("cpu").numpy()
@@ -112,11 +120,14 @@ def _minimal_chunk(net: Logits, images: np.ndarray, labels: np.ndarray, steps: i
 
 
 def _on_lattice(net: Logits, clean: np.ndarray, adv: np.ndarray, labels: np.ndarray, device: torch.device,
-                grow: tuple[float, ...] = (1.0, 1.01, 1.03, 1.1, 1.3, 2.0), halvings: int = 16) -> np.ndarray:
+                grow: tuple[float, ...] = (1.0, 1.01, 1.03, 1.1, 1.3, 2.0, 4.0, 8.0, 16.0),
+                halvings: int = 16) -> np.ndarray:
     """L2 of the closest uint8 point on the line clean -> clean + s * (adv - clean) still misclassified.
 
     Rounding can undo an adversarial that sits on the boundary, so the line is first
-    extended (``grow``) until the rounded point is misclassified, then bisected.
+    extended (``grow``) until the rounded point is misclassified, then bisected. Where the
+    boundary is a fraction of a grey level away, FMN's perturbation is spread so thin that
+    rounding undoes it entirely until the line is several times longer (the largest factors).
     """
     diff = adv - clean
     hi = np.full(len(clean), np.nan)

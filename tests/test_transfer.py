@@ -146,6 +146,25 @@ def test_fmn_reference_reaches_a_boundary_behind_black_pixels():
     assert exact <= distances[0] <= 1.05 * exact
 
 
+def test_fmn_reference_finds_uint8_adversarials_when_the_boundary_is_a_fraction_of_a_grey_level_away():
+    """16 equal weights, boundary 2.5 grey levels of summed brightness away. FMN's float optimum raises every pixel
+    by 0.16 levels, which rounds back to the clean image; the line must grow 3.2x before rounding moves pixels. The
+    closest uint8 adversarial raises 3 pixels by one level, and a start there is kept as it is."""
+    linear = torch.nn.Linear(16, 2)
+    with torch.no_grad():
+        linear.weight.copy_(torch.stack([torch.zeros(16), torch.ones(16)]))
+        linear.bias.copy_(torch.tensor([0.0, -(16 * 100 + 2.5) / 255]))
+    net = torch.nn.Sequential(torch.nn.Flatten(), linear)
+    images = np.full((1, 4, 4, 1), 100, dtype=np.uint8)
+    lattice_min = np.sqrt(3) / 255
+    found = minimal_l2(net, images, np.array([0]), steps=100, step_sizes=(1.0,))
+    assert lattice_min <= found[0] <= 4 / 255  # at worst every pixel one level up
+    start = images.copy()
+    start.reshape(-1)[:3] += 1
+    assert minimal_l2(net, images, np.array([0]), steps=100, step_sizes=(1.0,), starts=start)[0] == pytest.approx(
+        lattice_min)
+
+
 def test_fmn_reference_gives_zero_for_misclassified_images_and_finds_the_rest(target):
     net, images, labels = target
     wrong = labels.copy()

@@ -120,11 +120,13 @@ def main(argv: list[str] | None = None) -> int:
     data = load_fashion_mnist(args.data)
     results: dict[str, dict[str, Any]] = json.loads(args.json.read_text()) if args.json.is_file() else {}
     todo = [(m, c) for m in models for c in candidates if c not in results.get(m, {})]
+    nets = {m: ArtifactModel(MODELS[m]) for m in dict.fromkeys(m for m, _ in todo)}
+    picked = {m: first_correct(net, data.test_images, data.test_labels, args.offset, args.images)
+              for m, net in nets.items()}
     for model_name, label in tqdm(todo, desc="candidates", file=sys.stderr):
-        net = ArtifactModel(MODELS[model_name])
-        picked = first_correct(net, data.test_images, data.test_labels, args.offset, args.images)
-        results.setdefault(model_name, {})[label] = run_candidate(CANDIDATES[label], surrogates, net,
-                                                                  data.test_images[picked], data.test_labels[picked],
+        rows = picked[model_name]
+        results.setdefault(model_name, {})[label] = run_candidate(CANDIDATES[label], surrogates, nets[model_name],
+                                                                  data.test_images[rows], data.test_labels[rows],
                                                                   args.budget, args.seed)
         atomic_write_text(args.json, json.dumps(results) + "\n")
     print(f"{'model':8} {'candidate':22} {'median':>7} {'mean':>7} {'wall_s':>7} {'img/call':>8}")

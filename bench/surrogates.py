@@ -33,6 +33,7 @@ import math
 import shlex
 import sys
 import time
+from functools import cache
 from pathlib import Path
 from typing import Callable
 
@@ -59,8 +60,7 @@ def transfer_lines(target: ArtifactModel, images: np.ndarray, labels: np.ndarray
                    seed: int, refine: bool) -> dict[str, float]:
     """The transfer attack on ``surrogates``, lines only or with its default refinement: median, mean, queries."""
     model = BudgetedModel(target, images, labels, budget=budget)
-    attack = TransferAttack(surrogates=tuple(surrogates)) if refine else TransferAttack(surrogates=tuple(surrogates),
-                                                                                        refine=None)
+    attack = TransferAttack(surrogates=tuple(surrogates), **({} if refine else {"refine": None}))
     start = time.perf_counter()
     attack.run(model, np.arange(len(images)), np.random.default_rng(seed))
     return {"median": float(np.median(model.best_l2)), "mean": float(np.mean(model.best_l2)),
@@ -144,15 +144,17 @@ def main(argv: list[str] | None = None) -> int:
     adv, answer, fooled = boundary_points(target, x, y, args.fmn_steps)
     yt = torch.from_numpy(y.astype(np.int64))
 
-    def gradient(paths: list[str]) -> torch.Tensor:
+    @cache  # the first k, the singles and the halves overlap
+    def gradient(paths: tuple[str, ...]) -> torch.Tensor:
         ensemble: Ensemble = load_ensemble(paths, shape, classes)
         return margin_gradient(lambda a: ensemble.loss(a, yt, answer), adv)
 
     target_grad = margin_gradient(lambda a: margin(target.net(a), yt, answer), adv)
-    agreement = {k: median_cosine(gradient(surrogates[:k]), target_grad, fooled) for k in sizes}
-    singles = [median_cosine(gradient([s]), target_grad, fooled) for s in surrogates]
-    half = len(surrogates) // 2
-    halves = median_cosine(gradient(surrogates[:half]), gradient(surrogates[half:2 * half]), fooled)
+    paths = tuple(surrogates)
+    agreement = {k: median_cosine(gradient(paths[:k]), target_grad, fooled) for k in sizes}
+    singles = [median_cosine(gradient((p,)), target_grad, fooled) for p in paths]
+    half = len(paths) // 2
+    halves = median_cosine(gradient(paths[:half]), gradient(paths[half:2 * half]), fooled)
     top = ceiling(halves, half)
 
     print(f"\nTarget {args.model}; {len(x)} test images from index {args.offset} (first correctly classified); "

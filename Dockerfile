@@ -1,5 +1,5 @@
 # defense-server: the label-only gRPC server (`python -m defense serve`) with one model
-# artifact baked in. Only the server's code (defense/, proto/) and its pinned dependency
+# artifact baked in. Only the server's code (avc_common/, defense/) and its pinned dependency
 # closure (requirements-server.txt + torch) are installed: no training stack.
 #
 #   docker build --build-arg ARTIFACT=runs/fmnist-trades/artifact -t defense-server .
@@ -39,7 +39,9 @@ RUN python3 -m venv /opt/venv \
     && useradd --uid 10001 --gid 10001 --create-home --shell /usr/sbin/nologin defense
 
 WORKDIR /opt/defense/app
-COPY proto/ proto/
+# The common ground and the server; .dockerignore leaves out avc_common/data/ and defense/submission/
+# (dataset readers and the submission check: PIL, PyYAML and dockerfile-parse, which serving does not need).
+COPY avc_common/ avc_common/
 COPY defense/ defense/
 
 # The artifact folder (model.pt2 + manifest.json), relative to the build context; root-owned,

@@ -8,7 +8,7 @@ RUNS ?= runs
 FMNIST_RECIPE := --recipe fmnist-cpu
 EPOCHS ?= 8
 
-.PHONY: setup data test demo demo-quick check train-fmnist-trades train-fmnist-natural bench clean
+.PHONY: setup data test lint demo demo-quick check train-fmnist-trades train-fmnist-natural bench clean
 
 setup: $(VENV)/.installed data
 
@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[dev]'
 	touch $@
 
 # Fashion-MNIST from Debian's package where apt can install it; --download elsewhere.
@@ -29,6 +29,10 @@ data:
 
 test: setup
 	$(PY) -m pytest -q
+
+# The linter (rules in pyproject.toml [tool.ruff]); CI fails on any finding.
+lint: setup
+	$(VENV)/bin/ruff check .
 
 # The main job: natural vs TRADES on Fashion-MNIST, trained, served over gRPC, scored by the top-5 suite.
 demo: setup

@@ -4,7 +4,7 @@ Each candidate runs on a fresh :class:`attacks.BudgetedModel` (its own ``--budge
 queries per image, as the scorer runs a suite), all images in one vectorised run. A
 suite's distance for an image is the minimum over its attacks, so the best suites
 combine attacks that win on different images; subsets are ranked by the geometric mean,
-over the models, of their median distance. The presets in ``attacks/suite.py`` were
+over the models, of their median distance. The presets in ``attacks/methods/suite.py`` were
 chosen with::
 
     S=runs/fmnist-surrogate-pgd/artifact,runs/fmnist-surrogate-natural/artifact
@@ -24,19 +24,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-# Run as a script, this file's folder comes first on the import path, where bench/attacks.py
+# Run as a script, this file's folder comes first on the import path, where bench/attack_bench.py
 # would shadow the attacks package.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+import numpy as np
+import torch
+from tqdm import tqdm
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-
-from attacks import PRESETS, ArtifactModel, BudgetedModel, SuiteEntry, build_attack  # noqa: E402
-from attacks.evaldata import first_correct  # noqa: E402
-from attacks.suite import TRANSFER_BIASED  # noqa: E402
-from defense.atomic import atomic_write_text  # noqa: E402
-from training.data import FASHION_MNIST_DIR, load_fashion_mnist  # noqa: E402
+from attacks import PRESETS, ArtifactModel, BudgetedModel, SuiteEntry, build_attack
+from attacks.methods.suite import TRANSFER_BIASED
+from attacks.scoring.evaldata import first_correct
+from avc_common.atomic import atomic_write_text
+from training.data import FASHION_MNIST_DIR, load_fashion_mnist
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = {"natural": ROOT / "runs/fmnist-natural/artifact", "trades": ROOT / "runs/fmnist-trades/artifact"}
@@ -99,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", type=Path, default=FASHION_MNIST_DIR, help="Fashion-MNIST folder (IDX files)")
     p.add_argument("--images", type=int, default=100, help="correctly classified test images per model")
     p.add_argument("--offset", type=int, default=5000,
-                   help="first test image considered (bench/attacks.py reports on those from 0)")
+                   help="first test image considered (bench/attack_bench.py reports on those from 0)")
     p.add_argument("--budget", type=int, default=1000, help="queries per image for each candidate")
     p.add_argument("--candidates", default=",".join(CANDIDATES), help="comma-separated subset of the candidates")
     p.add_argument("--surrogates", default="",

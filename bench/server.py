@@ -44,12 +44,12 @@ import grpc
 import numpy as np
 import torch
 
-from defense.artifact import load_artifact, save_artifact
-from defense.atomic import atomic_write_text
+from avc_common.artifact import load_artifact, save_artifact
+from avc_common.atomic import atomic_write_text
+from avc_common.rpc import defense_pb2
+from avc_common.rpc.client import DefenseClient
 from defense.batcher import classify
-from defense.client import DefenseClient
 from defense.server import THROUGHPUT_LOG, ServerConfig
-from proto import defense_pb2
 from training.models import create_model
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -287,7 +287,7 @@ async def load(server: ServerProcess, request: bytes, scenario: Scenario, warmup
     time and by ``max_calls``; every call has a deadline. Returns the latencies (ms) it counted.
 
     Several clients are coroutines on one ``grpc.aio`` channel; a single client is a blocking
-    stub on its own thread (like :class:`defense.client.DefenseClient`; about 0.1 ms quicker per
+    stub on its own thread (like :class:`avc_common.rpc.client.DefenseClient`; about 0.1 ms quicker per
     call here than an aio call, so the latency figures are not inflated by the generator).
     """
     options = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]

@@ -37,21 +37,19 @@ from functools import cache
 from pathlib import Path
 from typing import Callable
 
-# Run as a script, this file's folder comes first on the import path, where bench/attacks.py would
+# Run as a script, this file's folder comes first on the import path, where bench/attack_bench.py would
 # shadow the attacks package.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+import numpy as np
+import torch
+from tqdm import tqdm
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-
-from attacks import ArtifactModel, BudgetedModel, TransferAttack  # noqa: E402
-from attacks.evaldata import first_correct  # noqa: E402
-from attacks.lattice import to_unit  # noqa: E402
-from attacks.surrogate import Ensemble, load_ensemble, margin  # noqa: E402
-from attacks.whitebox import fmn_l2  # noqa: E402
-from defense.atomic import atomic_write_text  # noqa: E402
-from defense.fashion_mnist import FASHION_MNIST_DIR, load_fashion_split  # noqa: E402
+from attacks import ArtifactModel, BudgetedModel, TransferAttack
+from attacks.scoring.evaldata import first_correct
+from attacks.whitebox.reference import fmn_l2
+from attacks.whitebox.surrogate import Ensemble, load_ensemble, margin
+from avc_common.atomic import atomic_write_text
+from avc_common.data.fashion_mnist import FASHION_MNIST_DIR, load_fashion_split
+from avc_common.images import to_model_input
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -72,7 +70,7 @@ def boundary_points(target: ArtifactModel, images: np.ndarray, labels: np.ndarra
                     steps: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The target's FMN adversarials (float, just past its boundary), the class it answers there, and which rows
     FMN fooled."""
-    x = torch.from_numpy(to_unit(images)).permute(0, 3, 1, 2)
+    x = to_model_input(images)
     y = torch.from_numpy(labels.astype(np.int64))
     adv = fmn_l2(target.net, x, y, steps=steps, alpha_init=0.1)
     with torch.no_grad():

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from defense.atomic import atomic_write_text
+from avc_common.atomic import atomic_write_text
 from training.models import MODELS, create_model
 from training.trades import AttackConfig, trades_loss
 

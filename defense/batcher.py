@@ -19,14 +19,15 @@ from typing import Callable
 import numpy as np
 import torch
 
+from avc_common.images import to_model_input
+
 Model = Callable[[torch.Tensor], torch.Tensor]
 
 
 def classify(model: Model, images: np.ndarray, device: str | torch.device = "cpu") -> np.ndarray:
     """Labels (int64, N) for uint8 N x H x W x C images: float N x C x H x W in [0, 1], argmax of the logits."""
     with torch.inference_mode():
-        x = torch.from_numpy(images).to(device).permute(0, 3, 1, 2).float().div_(255)
-        return model(x).argmax(dim=1).cpu().numpy()
+        return model(to_model_input(images, device)).argmax(dim=1).cpu().numpy()
 
 
 @dataclass(frozen=True)

@@ -9,8 +9,8 @@ from typing import Sequence
 
 import torch
 
+from avc_common.artifact import ArtifactError, load_artifact
 from defense import health
-from defense.artifact import ArtifactError, load_artifact
 from defense.server import ServerConfig, serve
 
 DEFAULTS = ServerConfig()
@@ -117,7 +117,9 @@ def _add_check(commands: argparse._SubParsersAction) -> None:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from defense.check import main as check  # needs pyyaml and dockerfile-parse, which the server image lacks
+    from defense.submission.check import (
+        main as check,  # needs pyyaml and dockerfile-parse, which the server image lacks
+    )
 
     return check(args)
 

@@ -10,7 +10,7 @@ import argparse
 import sys
 from typing import Sequence
 
-from defense.client import DefenseClient, DefenseError
+from avc_common.rpc.client import DefenseClient, DefenseError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -23,11 +23,11 @@ import numpy as np
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from defense.artifact import Artifact
+from avc_common.artifact import Artifact
+from avc_common.rpc import defense_pb2, defense_pb2_grpc
 from defense.batcher import Batcher
 from defense.budget import QueryBudget
-from defense.validation import ImageSpec, RequestError, decode_images, max_message_bytes
-from proto import defense_pb2, defense_pb2_grpc
+from defense.validation import RequestError, decode_images, max_message_bytes
 
 SERVICE = defense_pb2.DESCRIPTOR.services_by_name["Defense"].full_name
 log = logging.getLogger("defense.server")
@@ -68,7 +68,7 @@ class DefenseServicer(defense_pb2_grpc.DefenseServicer):
     """Wire <-> domain: decode and check, charge the budget, batch, answer labels."""
 
     def __init__(self, artifact: Artifact, max_images: int, batcher: Batcher, budget: QueryBudget) -> None:
-        self._spec = ImageSpec(*artifact.input_shape)
+        self._spec = artifact.input_shape
         self._manifest = artifact.manifest
         self._max_images = max_images
         self._batcher = batcher
@@ -124,7 +124,7 @@ class DefenseServer:
 
     async def start(self) -> int:
         """Listen (health NOT_SERVING until :meth:`warm_up`) and return the bound port."""
-        limit = max_message_bytes(ImageSpec(*self._artifact.input_shape), self.config.max_images_per_request)
+        limit = max_message_bytes(self._artifact.input_shape, self.config.max_images_per_request)
         # so_reuseport off: a second server on a busy port fails instead of silently sharing it
         server = grpc.aio.server(options=[("grpc.max_receive_message_length", limit), ("grpc.so_reuseport", 0)])
         defense_pb2_grpc.add_DefenseServicer_to_server(self.servicer, server)

@@ -5,11 +5,12 @@ status, and tests exercise every rule without a network.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Sequence
 
 import grpc
 import numpy as np
+
+from avc_common.images import ImageShape
 
 
 class RequestError(Exception):
@@ -21,28 +22,7 @@ class RequestError(Exception):
         self.message = message
 
 
-@dataclass(frozen=True)
-class ImageSpec:
-    """The uint8 HWC image shape every request must match (DESIGN.md "Pixel convention")."""
-
-    height: int
-    width: int
-    channels: int
-
-    @property
-    def shape(self) -> tuple[int, int, int]:
-        return self.height, self.width, self.channels
-
-    @property
-    def nbytes(self) -> int:
-        return self.height * self.width * self.channels
-
-    def describe(self) -> str:
-        """E.g. ``2352 = 28 x 28 x 1 uint8 HWC``: the form every error message uses."""
-        return f"{self.nbytes} = {self.height} x {self.width} x {self.channels} uint8 HWC"
-
-
-def decode_images(images: Sequence[bytes], spec: ImageSpec, max_images: int) -> np.ndarray:
+def decode_images(images: Sequence[bytes], spec: ImageShape, max_images: int) -> np.ndarray:
     """Check count and byte length of every image; return them as a writable uint8 N x H x W x C array."""
     if not images:
         raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
@@ -51,7 +31,7 @@ def decode_images(images: Sequence[bytes], spec: ImageSpec, max_images: int) -> 
         raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
                            f"{len(images)} images in one request; at most {max_images} "
                            f"(each {spec.describe()} bytes): split the batch")
-    out = np.empty((len(images), *spec.shape), dtype=np.uint8)
+    out = np.empty((len(images), *spec), dtype=np.uint8)
     flat = out.reshape(len(images), spec.nbytes)
     for i, data in enumerate(images):
         if len(data) != spec.nbytes:
@@ -61,7 +41,7 @@ def decode_images(images: Sequence[bytes], spec: ImageSpec, max_images: int) -> 
     return out
 
 
-def max_message_bytes(spec: ImageSpec, max_images: int) -> int:
+def max_message_bytes(spec: ImageShape, max_images: int) -> int:
     """The gRPC receive limit: room for one image more than allowed, so that a request just over
     the count still reaches :func:`decode_images` and gets its explanatory INVALID_ARGUMENT,
     while anything far larger is refused by gRPC itself (RESOURCE_EXHAUSTED) before it is buffered.

@@ -28,16 +28,12 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
+from matplotlib.figure import Figure
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
-from defense.atomic import atomic_save_png, atomic_write_text  # noqa: E402 - after the path set-up
-from defense.check import ServerProcess, free_port, wait_serving  # noqa: E402
+from avc_common.atomic import atomic_open, atomic_write_text
+from defense.process import ServerProcess, free_port, wait_serving
 
 SCORED = ("natural", "trades")
 SURROGATES = ("surrogate-pgd", "surrogate-natural")
@@ -143,7 +139,8 @@ def table(rows: dict[str, dict[str, Any]]) -> str:
 
 def plot_cdf(distances: dict[str, list[float]], path: Path) -> None:
     """Both models' per-image minimal L2 as empirical CDFs on one figure."""
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
     for name, d in distances.items():
         d = sorted(d)
         ax.step(d, [(i + 1) / len(d) for i in range(len(d))], where="post", label=f"{name} (median {statistics.median(d):.2f})")
@@ -153,8 +150,8 @@ def plot_cdf(distances: dict[str, list[float]], path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    atomic_save_png(fig, path)
-    plt.close(fig)
+    with atomic_open(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=120)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from defense.artifact import Artifact, save_artifact
+from avc_common.artifact import Artifact, save_artifact
 from defense.server import DefenseServer, ServerConfig
 from training.models import create_model
 

@@ -6,10 +6,10 @@ from typing import Any
 
 import numpy as np
 import yaml
-
-from defense.artifact import sha256_file
-from defense.submission import read_command
 from model_fixtures import SHAPE, make_artifact  # noqa: F401 (re-exported for the tests)
+
+from avc_common.artifact import sha256_file
+from defense.submission.manifest import read_command
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = ROOT / "Dockerfile"

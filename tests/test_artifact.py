@@ -6,7 +6,8 @@ import json
 import pytest
 import torch
 
-from defense.artifact import ArtifactError, load_artifact, save_artifact
+from avc_common import __version__
+from avc_common.artifact import ArtifactError, load_artifact, save_artifact
 from training.models import create_model
 
 
@@ -28,7 +29,7 @@ def test_roundtrip_same_logits_and_manifest(saved):
     with torch.no_grad():
         assert torch.allclose(artifact.model(x), net(x), atol=1e-6)
     assert artifact.input_shape == (28, 28, 1) and artifact.num_classes == 10
-    assert artifact.manifest["sha256"]["model.pt2"]
+    assert artifact.manifest["sha256"]["model.pt2"] and artifact.manifest["trades_avc_version"] == __version__
     assert artifact.model.eval() is artifact.model  # frozen eval mode, eval() is harmless
 
 

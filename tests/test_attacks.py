@@ -9,10 +9,21 @@ import pytest
 import torch
 from torch import nn
 
-from attacks import (ATTACKS, SURROGATE_ATTACKS, BlendedUniformNoise, BoundaryAttack, BudgetedModel, BudgetExceeded,
-                     GeoDA, HopSkipJump, ModelInfo, TorchModel, create_attack)
-from attacks.directions import dct_matrix
-from attacks.lattice import l2, quantize, to_unit
+from attacks import (
+    ATTACKS,
+    SURROGATE_ATTACKS,
+    BlendedUniformNoise,
+    BoundaryAttack,
+    BudgetedModel,
+    BudgetExceeded,
+    GeoDA,
+    HopSkipJump,
+    TorchModel,
+    create_attack,
+)
+from attacks.access.lattice import l2, quantize
+from attacks.blocks.directions import dct_matrix
+from avc_common.images import ImageShape, ModelSpec, to_unit
 
 NOISE_START = (BlendedUniformNoise(repeats=20, until_found=True),)
 LABEL_ONLY = sorted(set(ATTACKS) - SURROGATE_ATTACKS)  # the others need surrogate artifacts: tests/test_transfer.py
@@ -76,7 +87,7 @@ def linear_problem(side: int = 8, classes: int = 3, smooth: bool = False, n: int
     assert 0.05 < minimiser.min() and minimiser.max() < 0.95, "the [0, 1] box would bind"
     linear = nn.Linear(d, classes, bias=False)
     linear.weight.data = torch.from_numpy(weights)
-    return LinearProblem(TorchModel(nn.Sequential(nn.Flatten(), linear), ModelInfo(side, side, 1, classes)),
+    return LinearProblem(TorchModel(nn.Sequential(nn.Flatten(), linear), ModelSpec(ImageShape(side, side, 1), classes)),
                          images, labels, exact)
 
 
@@ -108,7 +119,7 @@ def tiny_cnn() -> tuple[TorchModel, np.ndarray, np.ndarray]:
     torch.manual_seed(0)
     net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(8, 8, 3, padding=1),
                         nn.ReLU(), nn.Flatten(), nn.Linear(8 * 6 * 6, 4)).eval()
-    model = TorchModel(net, ModelInfo(12, 12, 3, 4))
+    model = TorchModel(net, ModelSpec(ImageShape(12, 12, 3), 4))
     images = np.random.default_rng(0).integers(0, 256, size=(6, 12, 12, 3), dtype=np.uint8)
     labels = model(images)
     assert len(np.unique(labels)) > 1
@@ -176,7 +187,7 @@ def test_ledger_refuses_overspending_before_asking_the_model(tiny_cnn):
 
 def test_ledger_keeps_the_closest_misclassified_image_as_sent():
     net = TorchModel(lambda x: torch.stack([0.5 - x.flatten(1).mean(1), x.flatten(1).mean(1) - 0.5], 1),
-                     ModelInfo(2, 2, 1, 2))  # class 1 iff mean > 0.5
+                     ModelSpec(ImageShape(2, 2, 1), 2))  # class 1 iff mean > 0.5
     clean = np.full((1, 2, 2, 1), 100, dtype=np.uint8)
     model = BudgetedModel(net, clean, np.array([0]))
     far, near, not_adv = np.full((4,), 0.9), np.full((4,), 0.56), np.full((4,), 0.45)

@@ -4,12 +4,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from model_fixtures import LiveServer
 from torch import nn
 
 from attacks import ArtifactModel, BudgetedModel, GeoDA, RemoteModel
-from defense.artifact import load_artifact, save_artifact
-from defense.client import DefenseClient
-from model_fixtures import LiveServer
+from avc_common.artifact import load_artifact, save_artifact
+from avc_common.rpc.client import DefenseClient
 
 SHAPE = (10, 10, 3)
 

@@ -8,10 +8,10 @@ from concurrent.futures import CancelledError
 import numpy as np
 import pytest
 import torch
-
-from defense.artifact import load_artifact
-from defense.batcher import Batcher, classify
 from model_fixtures import make_artifact
+
+from avc_common.artifact import load_artifact
+from defense.batcher import Batcher, classify
 
 
 class FakeModel:

@@ -1,4 +1,4 @@
-"""bench/attacks.py end to end on a tiny artifact (no Foolbox needed), and the Foolbox ledger's budget rule."""
+"""bench/attack_bench.py end to end on a tiny artifact (no Foolbox needed), and the Foolbox ledger's budget rule."""
 from __future__ import annotations
 
 import json
@@ -6,16 +6,16 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from model_fixtures import make_artifact
-from script_modules import load_script
+
+from bench import attack_bench
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
 def bench():
-    return load_script("bench/attacks.py")
+    return attack_bench
 
 
 def test_bench_runs_our_attacks_within_budget_and_reports_goals(bench, fmnist_dir, tmp_path, capsys):

@@ -5,16 +5,16 @@ import json
 import math
 
 import pytest
-
 from model_fixtures import make_artifact
-from script_modules import load_script
+
+from bench import surrogates
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
 def bench():
-    return load_script("bench/surrogates.py")
+    return surrogates
 
 
 def test_ceiling_inverts_the_shared_plus_own_noise_model(bench):

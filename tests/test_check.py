@@ -12,12 +12,12 @@ import pytest
 import yaml
 from submission_fixtures import ROOT, SHAPE, crisp_doc, make_artifact, random_images, write_crisp
 
-from defense import evalset
-from defense.artifact import load_artifact
+from avc_common.artifact import load_artifact
+from avc_common.data import evalset
 from defense.batcher import classify
-from defense.check import local_command
 from defense.cli import main
-from defense.submission import field_problems, load
+from defense.submission.check import local_command
+from defense.submission.manifest import field_problems, load
 
 
 @pytest.fixture(scope="module")

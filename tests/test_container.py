@@ -23,11 +23,13 @@ import torch
 from dockerfile_parse import DockerfileParser
 from submission_fixtures import DOCKERFILE, ROOT, make_artifact, random_images
 
-from defense.artifact import load_artifact
+from avc_common.artifact import load_artifact
+from avc_common.images import to_model_input
+from avc_common.rpc.client import DefenseClient, DefenseError
 from defense.batcher import classify
-from defense.check import ServerProcess, free_port, local_command, wait_serving
-from defense.client import DefenseClient, DefenseError
-from defense.submission import option, read_command
+from defense.process import ServerProcess, free_port, wait_serving
+from defense.submission.check import local_command
+from defense.submission.manifest import option, read_command
 
 BASE_IMAGE = "python:3.11-slim"
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "trades-avc"
@@ -91,13 +93,21 @@ def test_entrypoint_and_healthcheck_run_outside_a_container(artifact):
 # ---- the faithful check: podman (slow) ----------------------------------------------------------
 
 LOGITS_SCRIPT = """
-import importlib.util, io, json, os, sys
+import importlib, importlib.util, io, json, os, pkgutil, sys
 import numpy as np, torch
-from defense.artifact import load_artifact
+from avc_common.artifact import load_artifact
+from avc_common.images import to_model_input
 images = np.load(io.BytesIO(sys.stdin.buffer.read()))
-x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div(255)
-out = {"torch": torch.__version__, "uid": os.getuid(), "logits": {},
-       "absent": [m for m in ("torchvision", "timm", "tqdm", "matplotlib") if not importlib.util.find_spec(m)]}
+x = to_model_input(images)
+out = {"torch": torch.__version__, "uid": os.getuid(), "logits": {}, "unimportable": {},
+       "absent": [m for m in ("torchvision", "timm", "tqdm", "matplotlib", "yaml", "PIL")
+                  if not importlib.util.find_spec(m)]}
+for package in ("avc_common", "defense"):  # every module the image copies imports with its requirements alone
+    for info in pkgutil.walk_packages(importlib.import_module(package).__path__, package + "."):
+        try:
+            importlib.import_module(info.name)
+        except Exception as err:
+            out["unimportable"][info.name] = repr(err)
 for path in sys.argv[1:]:
     with torch.inference_mode():
         out["logits"][path] = load_artifact(path).model(x).tolist()
@@ -210,7 +220,7 @@ def test_image_builds_runs_and_classifies_through_the_published_port(tmp_path):
         model = load_artifact(context_artifact).model
         images = random_images(64, seed=7)
         with DefenseClient(f"127.0.0.1:{port}", timeout_s=60) as client:
-            assert client.info().shape == (28, 28, 1)
+            assert client.info().model.shape == (28, 28, 1)
             assert np.array_equal(client.predict(images), classify(model, images))
         podman("stop", "-t", "30", name)
         assert podman("inspect", "--format", "{{.State.ExitCode}}", name, text=True).stdout.strip() == "0"
@@ -226,8 +236,9 @@ def test_image_builds_runs_and_classifies_through_the_published_port(tmp_path):
                      image, "-c", LOGITS_SCRIPT, *paths, input=buffer.getvalue(), timeout=300)
         found = json.loads(run.stdout)
         assert found["torch"] == "2.13.0+cpu" and found["uid"] != 0
-        assert found["absent"] == ["torchvision", "timm", "tqdm", "matplotlib"]
-        x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div(255)
+        assert found["absent"] == ["torchvision", "timm", "tqdm", "matplotlib", "yaml", "PIL"]
+        assert found["unimportable"] == {}
+        x = to_model_input(images)
         for path, local in zip(paths, [context_artifact, REAL_ARTIFACT]):
             with torch.inference_mode():
                 expected = load_artifact(local).model(x)

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from defense.fashion_mnist import read_idx
-from defense.tiny_imagenet import DatasetLayoutError
+from avc_common.data.fashion_mnist import read_idx
+from avc_common.data.tiny_imagenet import DatasetLayoutError
 from training.augment import PRESETS
 from training.data import load_dataset
 

@@ -8,16 +8,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from model_fixtures import SHAPE, LiveServer, make_artifact
 from PIL import Image
 from torch import nn
 
-from attacks import ArtifactModel, scoring
-from attacks import score as score_cli
-from attacks.evaldata import EvalDataError, load_eval_data
-from defense.artifact import load_artifact, save_artifact
-from defense.evalset import write_folder
-from defense.fashion_mnist import load_fashion_split
-from model_fixtures import SHAPE, LiveServer, make_artifact
+from attacks import ArtifactModel
+from attacks.scoring.evaldata import EvalDataError, load_eval_data
+from attacks.scoring import cli as score_cli
+from attacks.scoring import pipeline as scoring
+from avc_common import __version__
+from avc_common.artifact import load_artifact, save_artifact
+from avc_common.data.evalset import write_folder
+from avc_common.data.fashion_mnist import load_fashion_split
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -87,7 +89,7 @@ def test_report_has_every_field_and_only_verified_adversarials(artifact_dir, fol
     r = read(out)
     assert r["complete"] and r["error"] is None and r["command"].startswith("python attacks/score.py --model")
     assert r["budget"]["rule"] == "per_image" and r["budget"]["queries"] == 40 and "farthest image" in r["worst_case"]
-    assert r["model"]["manifest"]["arch"] == "small_cnn"
+    assert r["model"]["manifest"]["arch"] == "small_cnn" and r["trades_avc_version"] == __version__
     s = r["summary"]
     for key in ("images", "mean", "median", "clean_accuracy", "fooled", "not_fooled", "queries", "wall_time_s",
                 "attacks", "reference", "unverified"):

@@ -20,14 +20,14 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from model_fixtures import SHAPE, LiveServer, make_artifact
 
-from defense.artifact import Artifact, load_artifact
+from avc_common.artifact import Artifact, load_artifact
+from avc_common.rpc import defense_pb2, defense_pb2_grpc
+from avc_common.rpc.client import BudgetExhaustedError, DefenseClient, ServerUnavailableError
 from defense.batcher import classify
 from defense.cli import main
 from defense.server import THROUGHPUT_LOG
-from defense.client import BudgetExhaustedError, DefenseClient, ServerUnavailableError
-from model_fixtures import SHAPE, LiveServer, make_artifact
-from proto import defense_pb2, defense_pb2_grpc
 
 ROOT = Path(__file__).resolve().parent.parent
 NBYTES = 28 * 28
@@ -87,7 +87,7 @@ def test_predictions_equal_the_in_process_model(client, artifact):
 
 def test_model_info(client):
     spec = client.info()
-    assert spec.shape == SHAPE and spec.num_classes == 10 and spec.class_names == tuple(f"c{i}" for i in range(10))
+    assert spec.model.shape == SHAPE and spec.model.num_classes == 10 and spec.class_names == tuple(f"c{i}" for i in range(10))
     assert spec.max_images_per_request == 256 and spec.budget_total == 0 and spec.budget_remaining == -1
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from defense.tiny_imagenet import DatasetLayoutError, TinyImageNetSplit, load_tiny_imagenet
+from avc_common.data.tiny_imagenet import DatasetLayoutError, TinyImageNetSplit, load_tiny_imagenet
 
 WNIDS = ["n02124075", "n01443537", "n09999999"]  # wnids.txt order, deliberately not sorted
 NAMES = ["Egyptian cat", "goldfish", "n09999999"]  # the last wnid is absent from words.txt
@@ -249,7 +249,7 @@ def test_missing_root(tmp_path: Path) -> None:
 
 def test_training_cli_runs_resnet18_on_tiny_imagenet_layout(root: Path, tmp_path: Path) -> None:
     """The full path a Tiny ImageNet user takes: layout -> cache -> ResNet-18 at 64x64 -> artifact."""
-    from defense.artifact import load_artifact
+    from avc_common.artifact import load_artifact
     from training import train_tiny
 
     code = train_tiny.main(["--data", str(root), "--arch", "resnet18", "--epochs", "1", "--steps", "1",

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from script_modules import load_script
+from bench import train_step
 from training.models import create_model
 from training.pgd import pgd_attack, project
 from training.trades import LOSSES, AttackConfig, trades_adversary, trades_loss
@@ -59,13 +59,12 @@ def test_beta_zero_is_cross_entropy(model, batch):
 
 def test_trades_matches_reference_implementation(model, batch):
     """Same weights, batch and noise: our deduplicated loss equals the reference-style one."""
-    bench = load_script("bench/train_step.py")
     x, y = batch
     cfg = AttackConfig(0.1, 0.02, 5, 6.0)
     torch.manual_seed(3)
     ours, _ = trades_loss(model, x, y, cfg)
     torch.manual_seed(3)
-    reference = bench.reference_trades_loss(model, x, y, cfg)
+    reference = train_step.reference_trades_loss(model, x, y, cfg)
     assert ours.item() == pytest.approx(reference.item(), rel=1e-5)
     g_ours = torch.autograd.grad(ours, list(model.parameters()))
     g_ref = torch.autograd.grad(reference, list(model.parameters()))

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from defense.artifact import load_artifact
+from avc_common.artifact import load_artifact
 from training import evaluate, train_tiny
 from training.checkpoint import load_checkpoint
 

@@ -4,16 +4,27 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
-from attacks import (PRESETS, SURROGATE_ATTACKS, ArtifactModel, BiasedBoundaryAttack, BoundaryAttack, BudgetedModel,
-                     TransferAttack, build_attack, build_suite, name_attacks)
-from attacks.lattice import l2, to_unit
-from attacks.suite import SuiteEntry
-from attacks.surrogate import robust_surrogates
-from attacks.whitebox import minimal_l2
-from defense.artifact import save_artifact
 from model_fixtures import make_artifact
 from test_attacks import NOISE_START, CountingModel, linear_problem
+
+from attacks import (
+    PRESETS,
+    SURROGATE_ATTACKS,
+    ArtifactModel,
+    BiasedBoundaryAttack,
+    BoundaryAttack,
+    BudgetedModel,
+    TransferAttack,
+    build_attack,
+    build_suite,
+    name_attacks,
+)
+from attacks.access.lattice import l2
+from attacks.methods.suite import SuiteEntry
+from attacks.whitebox.reference import minimal_l2
+from attacks.whitebox.surrogate import robust_surrogates
+from avc_common.artifact import save_artifact
+from avc_common.images import to_unit
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -224,7 +235,7 @@ def test_robust_bias_takes_its_gradient_from_the_adversarially_trained_surrogate
 
 
 def test_surrogate_gradients_flow_through_an_exported_artifact(surrogate_dir):
-    from attacks.surrogate import Ensemble, load_surrogate, pgd_l2
+    from attacks.whitebox.surrogate import Ensemble, load_surrogate, pgd_l2
 
     net, shape, classes = load_surrogate(str(surrogate_dir))
     assert shape == (28, 28, 1) and classes == 10
@@ -238,7 +249,7 @@ def test_surrogate_gradients_flow_through_an_exported_artifact(surrogate_dir):
 
 
 def test_targeted_pgd_reaches_the_asked_class_within_each_rows_own_radius(surrogate_dir):
-    from attacks.surrogate import Ensemble, load_surrogate, pgd_l2
+    from attacks.whitebox.surrogate import Ensemble, load_surrogate, pgd_l2
 
     net = load_surrogate(str(surrogate_dir))[0]
     x = torch.rand(4, 1, 28, 28)
@@ -276,7 +287,7 @@ def test_targeted_lines_reach_the_targets_nearest_class_when_the_surrogates_near
 
 def test_ensembles_by_kind_weight_natural_and_robust_surrogates_equally_then_attack_each_kind_alone(tmp_path,
                                                                                                     surrogate_dir):
-    from attacks.surrogate import Ensemble, ensembles_by_kind, load_surrogate
+    from attacks.whitebox.surrogate import Ensemble, ensembles_by_kind, load_surrogate
 
     robust = str(surrogate_dir)  # training.loss "trades"
     natural = [str(make_artifact(tmp_path / f"natural{i}", training={"loss": "natural"}, seed=i + 1))

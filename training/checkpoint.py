@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from defense.atomic import atomic_open
+from avc_common.atomic import atomic_open
 
 
 def rng_state() -> dict[str, Any]:

@@ -12,8 +12,9 @@ from typing import Callable
 
 import numpy as np
 
-from defense.fashion_mnist import FASHION_MNIST_CLASSES, FASHION_MNIST_DIR, load_fashion_split
-from defense.tiny_imagenet import DatasetLayoutError, load_tiny_imagenet
+from avc_common.data.fashion_mnist import FASHION_MNIST_CLASSES, FASHION_MNIST_DIR, load_fashion_split
+from avc_common.data.tiny_imagenet import DatasetLayoutError, load_tiny_imagenet
+from avc_common.images import ImageShape
 
 
 @dataclass(frozen=True)
@@ -30,9 +31,8 @@ class ImageDataset:
     std: tuple[float, ...]
 
     @property
-    def input_shape(self) -> tuple[int, int, int]:
-        """(height, width, channels)."""
-        return tuple(self.train_images.shape[1:])  # type: ignore[return-value]
+    def input_shape(self) -> ImageShape:
+        return ImageShape(*self.train_images.shape[1:])
 
     @property
     def num_classes(self) -> int:

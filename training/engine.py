@@ -10,6 +10,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from avc_common.images import to_model_input
 from training.augment import AugmentPreset
 from training.pgd import pgd_attack
 from training.trades import AttackConfig
@@ -28,7 +29,7 @@ class Runtime:
 
     def to_input(self, images_u8: torch.Tensor) -> torch.Tensor:
         """uint8 N x H x W x C (any device) -> float N x C x H x W in [0, 1] on the device."""
-        x = images_u8.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255)
+        x = to_model_input(images_u8, self.device)
         return x.contiguous(memory_format=torch.channels_last if self.channels_last
                             else torch.contiguous_format)
 

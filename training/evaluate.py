@@ -19,9 +19,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from defense.artifact import MANIFEST_FILE, ArtifactError, load_artifact
-from defense.atomic import atomic_write_text
-from defense.tiny_imagenet import DatasetLayoutError
+from avc_common.artifact import MANIFEST_FILE, ArtifactError, load_artifact
+from avc_common.atomic import atomic_write_text
+from avc_common.data.tiny_imagenet import DatasetLayoutError
 from training.checkpoint import load_checkpoint
 from training.data import load_dataset
 from training.engine import Runtime, evaluate_accuracy

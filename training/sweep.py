@@ -23,13 +23,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
-
-from defense.atomic import atomic_save_png, atomic_write_text  # noqa: E402
-from training import train_tiny  # noqa: E402
+from avc_common.atomic import atomic_open, atomic_write_text
+from training import train_tiny
 
 RUN_RECORD = "sweep-run.json"
 # train_tiny.py flags the sweep sets itself for every run; passing them through would be ambiguous.
@@ -129,7 +126,8 @@ def table(rows: list[dict[str, Any]]) -> str:
 def plot(rows: list[dict[str, Any]], path: Path) -> None:
     """Clean and PGD-20 accuracy against 1/lambda, with +- one standard error bars."""
     x = [r["beta"] for r in rows]
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
     for key, label in (("clean_accuracy", "clean"), ("pgd_accuracy", "PGD-20 (robust)")):
         y = [r[key] for r in rows]
         ax.errorbar(x, y, yerr=[standard_error(v, r["eval_images"]) for v, r in zip(y, rows)],
@@ -140,8 +138,8 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    atomic_save_png(fig, path)
-    plt.close(fig)
+    with atomic_open(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=120)
 
 
 def parse(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:

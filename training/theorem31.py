@@ -49,9 +49,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from defense.atomic import atomic_write_text
-from defense.fashion_mnist import FASHION_MNIST_CLASSES
-from defense.tiny_imagenet import DatasetLayoutError
+from avc_common.atomic import atomic_write_text
+from avc_common.data.fashion_mnist import FASHION_MNIST_CLASSES
+from avc_common.data.tiny_imagenet import DatasetLayoutError
 from training.data import load_fashion_mnist
 
 

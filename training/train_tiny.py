@@ -22,9 +22,9 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler
 
-from defense.artifact import ArtifactError, save_artifact
-from defense.atomic import atomic_write_text
-from defense.tiny_imagenet import DatasetLayoutError
+from avc_common.artifact import ArtifactError, save_artifact
+from avc_common.atomic import atomic_write_text
+from avc_common.data.tiny_imagenet import DatasetLayoutError
 from training.augment import PRESETS
 from training.checkpoint import load_checkpoint, save_checkpoint, set_rng_state
 from training.data import DATASETS, ImageDataset, load_dataset

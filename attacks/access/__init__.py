@@ -1,0 +1,1 @@
+"""The attacks' view of a model and the per-image query ledger every attack goes through."""

@@ -1,0 +1,1 @@
+"""Building blocks of the decision-based attacks: directions, label-only gradient estimates, line searches."""

@@ -1,0 +1,1 @@
+"""The attacks, the registry of their names, and the named suites (presets)."""

@@ -1,0 +1,264 @@
+"""Score a model the way the Adversarial Vision Challenge did: the smallest label-flipping L2 perturbation per image.
+
+    python attacks/score.py --target localhost:50051                  # the served model, top-5 suite
+    python attacks/score.py --model runs/fmnist-trades/artifact \\
+        --surrogate runs/surrogate/artifact --images 200 --output runs/score-trades
+    python attacks/score.py --target HOST:PORT --data eval_folder/ --attacks hsja,geoda --pooled
+
+Each attack gets the query budget on each image; an image's distance is the minimum over
+the attacks of the verified L2 on [0, 1]; the score is the mean and median over images
+(docs/scoring.md). Results are written as each chunk of images finishes; rerunning the
+same command with the same --output resumes and ends with the same report.
+
+Exit codes: 0 done; 1 unexpected failure; 2 bad input (flags, data, model or surrogate
+folders, an --output holding a different run); 3 the model server stayed unavailable (or
+refused for its own budget) after the client's retries, partial results saved: rerun to
+resume; 130 interrupted (Ctrl-C), partial results saved.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shlex
+import sys
+import time
+import warnings
+from dataclasses import asdict
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from attacks import (
+    ATTACKS,
+    PRESETS,
+    ArtifactModel,
+    Attack,
+    RemoteModel,
+    SuiteEntry,
+    build_attack,
+    build_suite,
+    name_attacks,
+)
+from attacks.scoring.evaldata import SAMPLING, SOURCES, EvalDataError, load_eval_data, pick
+from attacks.scoring.pipeline import ChunkResult, SuiteRun, collect, worst_case_l2
+from attacks.scoring.plots import plot_cdf, plot_gallery
+from attacks.scoring.report import RunInfo, build_results, console, markdown
+from attacks.whitebox.reference import minimal_l2
+from attacks.whitebox.surrogate import load_surrogate
+from avc_common.atomic import atomic_write_text
+from avc_common.rpc.client import DefenseClient, DefenseError, ServerUnavailableError
+
+OK, FAILED, BAD_INPUT, MODEL_UNAVAILABLE, INTERRUPTED = 0, 1, 2, 3, 130
+DEFAULT_IMAGES = 100
+RUN_FILE = "run.json"
+
+
+class BadInput(ValueError):
+    """A flag, file or folder the run cannot use; the message says what was expected."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python attacks/score.py", description=__doc__.split("\n")[0],
+                                epilog="Exit codes: 0 done, 1 failure, 2 bad input, 3 server unavailable "
+                                       "(partial results saved; rerun to resume), 130 interrupted.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    model = p.add_mutually_exclusive_group(required=True)
+    model.add_argument("--target", metavar="HOST:PORT", help="a defense server (label-only gRPC)")
+    model.add_argument("--model", type=Path, metavar="DIR",
+                       help="a model artifact folder, run in-process; also computes the white-box reference")
+    d = p.add_argument_group("data")
+    d.add_argument("--data", default="fashion_mnist",
+                   help=f"{' or '.join(SOURCES)} (test / val split), or a competition-format folder of .npy uint8 "
+                        f"H x W x C images with labels.yml")
+    d.add_argument("--data-dir", type=Path, default=None,
+                   help="where the named data set lives (Fashion-MNIST: /usr/share/datasets/fashion-mnist; "
+                        "Tiny ImageNet: required, the folder with wnids.txt and val/)")
+    d.add_argument("--images", type=int, default=None,
+                   help=f"how many images to score; None: {DEFAULT_IMAGES}, or all if the data holds fewer")
+    d.add_argument("--sample", choices=SAMPLING, default="first",
+                   help="the first --images images, or a random choice seeded by --seed")
+    s = p.add_argument_group("suite and budget")
+    suite = s.add_mutually_exclusive_group()
+    suite.add_argument("--preset", default="top5", help=f"a named suite: {', '.join(sorted(PRESETS)) or 'none yet'}")
+    suite.add_argument("--attacks", default=None, metavar="A,B,...",
+                       help=f"comma-separated attacks at their defaults instead of a preset: {', '.join(ATTACKS)}")
+    s.add_argument("--surrogate", type=Path, action="append", default=[], metavar="DIR",
+                   help="a surrogate model artifact for the transfer attacks (repeat for an ensemble)")
+    s.add_argument("--budget", type=int, default=1000, help="queries each attack may spend per image")
+    s.add_argument("--pooled", action="store_true",
+                   help="the competition's pooled rule: each attack may spend budget x images of a chunk "
+                        "wherever it likes, instead of budget on each image")
+    s.add_argument("--seed", type=int, default=0, help="seeds every attack (per chunk and attack) and --sample random")
+    s.add_argument("--batch-images", type=int, default=100,
+                   help="images attacked together (one chunk; every model call carries many of them); results "
+                        "are saved after each chunk")
+    r = p.add_argument_group("white-box reference (--model only)")
+    r.add_argument("--reference", action=argparse.BooleanOptionalAction, default=True,
+                   help="compute the FMN minimal-norm distance per image with the model's gradients")
+    r.add_argument("--reference-steps", type=int, default=1000, help="FMN steps per run")
+    o = p.add_argument_group("running")
+    o.add_argument("--output", type=Path, default=Path("runs/score"),
+                   help="results.json, report.md, cdf.png, gallery.png and state/ (resume) go here")
+    o.add_argument("--json", type=Path, default=None, help="also copy results.json here")
+    o.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="torch device for --model and the white-box reference")
+    o.add_argument("--timeout-s", type=float, default=30.0, help="--target: seconds per gRPC attempt")
+    o.add_argument("--retries", type=int, default=5, help="--target: retries (backoff doubling from 0.2 s) "
+                                                          "while the server is unavailable, before giving up")
+    o.add_argument("--no-progress", dest="progress", action="store_false",
+                   help="hide the progress bar (shown: %(default)s)")
+    return p
+
+
+def build_attacks(args: argparse.Namespace) -> tuple[dict[str, Attack], list[str]]:
+    """The suite by column name (a preset's or --attacks'), and notes about what a preset left out."""
+    for path in args.surrogate:
+        try:
+            load_surrogate(str(path), "cpu")
+        except (ValueError, OSError) as err:
+            raise BadInput(f"--surrogate {path}: {err}") from None
+    surrogates = tuple(str(path) for path in args.surrogate)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            if args.attacks is not None:
+                names = [name.strip() for name in args.attacks.split(",") if name.strip()]
+                if not names:
+                    raise BadInput("--attacks: give at least one attack name")
+                attacks = [build_attack(SuiteEntry(name), surrogates) for name in names]
+            else:
+                attacks = build_suite(args.preset, surrogates=surrogates)
+        except ValueError as err:
+            raise BadInput(f"--{'attacks' if args.attacks is not None else 'preset'}: {err}") from None
+    if not attacks:
+        raise BadInput(f"--preset {args.preset}: nothing left to run (give --surrogate DIR)")
+    return name_attacks(attacks), [str(w.message) for w in caught]
+
+
+def open_model(args: argparse.Namespace) -> tuple[Any, dict[str, Any], list[str]]:
+    """The label-only model, its description for the report, and its class names."""
+    if args.model is not None:
+        try:
+            model = ArtifactModel(args.model, device=args.device)
+        except (ValueError, OSError) as err:
+            raise BadInput(f"--model {args.model}: {err}") from None
+        return model, {"artifact": str(args.model), "manifest": model.manifest}, list(model.manifest["class_names"])
+    client = DefenseClient(args.target, timeout_s=args.timeout_s, retries=args.retries)
+    model = RemoteModel(client)
+    spec = client.info()
+    return model, {"target": args.target, "info": asdict(spec)}, list(spec.class_names)
+
+
+def fingerprint(args: argparse.Namespace, suite: dict[str, Attack], model: Any, images: np.ndarray,
+                labels: np.ndarray, indices: np.ndarray) -> dict[str, Any]:
+    """Everything the results depend on; a resumed run must match it exactly."""
+    digest = hashlib.sha256(images.tobytes() + labels.astype(np.int64).tobytes()).hexdigest()
+    manifest = getattr(model, "manifest", None)
+    return {"attacks": {name: repr(attack) for name, attack in suite.items()}, "budget": args.budget,
+            "pooled": args.pooled, "seed": args.seed, "batch_images": args.batch_images,
+            "model": {"shape": list(model.info.shape), "num_classes": model.info.num_classes,
+                      "sha256": manifest["sha256"] if manifest else None},
+            "reference_steps": args.reference_steps if reference_wanted(args) else None,
+            "images_sha256": digest, "indices": indices.tolist()}
+
+
+def reference_wanted(args: argparse.Namespace) -> bool:
+    return args.model is not None and args.reference
+
+
+def check_resumable(output: Path, settings: dict[str, Any]) -> None:
+    """Record the run's settings in ``output``, or refuse if it holds a different run."""
+    path = output / RUN_FILE
+    if path.exists():
+        saved = json.loads(path.read_text())
+        if saved != settings:
+            differ = sorted(k for k in settings.keys() | saved.keys() if saved.get(k) != settings.get(k))
+            raise BadInput(f"--output {output} holds a run with other settings ({', '.join(differ)}); "
+                           f"rerun its exact command to resume it, or pass a new --output")
+    else:
+        atomic_write_text(path, json.dumps(settings, indent=1) + "\n")
+
+
+def write_reports(output: Path, info: RunInfo, chunks: list[ChunkResult], data: dict[str, Any],
+                  started: float, complete: bool, error: str | None = None) -> dict[str, Any]:
+    """results.json, report.md, cdf.png and gallery.png for the chunks done so far (atomically)."""
+    wall = time.perf_counter() - started
+    if not chunks:
+        results = {"complete": False, "error": error, "command": info.command, "model": info.model,
+                   "data": info.data, "summary": None, "images": []}
+        atomic_write_text(output / "results.json", json.dumps(results, indent=1) + "\n")
+        return results
+    scores = collect(chunks, list(info.attacks))
+    results = build_results(info, scores, data["indices"], data["names"], data["labels"], data["worst"],
+                            len(data["indices"]), wall, complete, error)
+    atomic_write_text(output / "results.json", json.dumps(results, indent=1) + "\n")
+    atomic_write_text(output / "report.md", markdown(results))
+    plot_cdf(scores, output / "cdf.png")
+    plot_gallery(data["images"], scores, data["labels"], info.class_names, output / "gallery.png")
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser().parse_args(argv)
+    started = time.perf_counter()
+    command = shlex.join(["python", "attacks/score.py", *argv])
+    try:
+        if min(args.budget, args.batch_images, args.reference_steps) < 1:
+            raise BadInput("--budget, --batch-images and --reference-steps must be at least 1")
+        suite, notes = build_attacks(args)
+        model, model_info, class_names = open_model(args)
+        evalset = load_eval_data(args.data, args.data_dir, model.info.shape, model.info.num_classes, args.progress)
+        total = len(evalset.images)
+        indices = pick(min(DEFAULT_IMAGES, total) if args.images is None else args.images, total, args.sample,
+                       args.seed)
+        images, labels = evalset.images[indices], evalset.labels[indices]
+        args.output.mkdir(parents=True, exist_ok=True)
+        check_resumable(args.output, fingerprint(args, suite, model, images, labels, indices))
+    except (BadInput, EvalDataError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return BAD_INPUT
+    except DefenseError as err:
+        print(f"error: cannot reach the model server at {args.target} ({err})", file=sys.stderr)
+        return MODEL_UNAVAILABLE
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+
+    reference = (partial(minimal_l2, model.net, steps=args.reference_steps, device=args.device)
+                 if reference_wanted(args) else None)
+    info = RunInfo(command, model_info, class_names,
+                   {"source": args.data, "data_dir": str(args.data_dir) if args.data_dir else None,
+                    "sample": args.sample, "images": len(indices), "of": total},
+                   args.budget, args.pooled, args.seed, args.batch_images,
+                   {name: repr(attack) for name, attack in suite.items()}, notes)
+    data = {"indices": indices, "names": [evalset.names[i] for i in indices], "labels": labels, "images": images,
+            "worst": worst_case_l2(images)}
+    run = SuiteRun(model, images, labels, suite, args.output / "state", args.budget, args.pooled, args.seed,
+                   args.batch_images, reference, args.progress)
+    try:
+        run.run(lambda chunks: write_reports(args.output, info, chunks, data, started, complete=False))
+    except DefenseError as err:
+        what = "stopped answering" if isinstance(err, ServerUnavailableError) else "refused the queries"
+        message = (f"the model server at {args.target} {what} ({err}); partial results for "
+                   f"{sum(len(c.verified_labels) for c in run.chunks)} image(s) are in {args.output}: "
+                   f"rerun the same command to resume")
+        write_reports(args.output, info, run.chunks, data, started, complete=False, error=message)
+        print(f"error: {message}", file=sys.stderr)
+        return MODEL_UNAVAILABLE
+    except KeyboardInterrupt:
+        write_reports(args.output, info, run.chunks, data, started, complete=False, error="interrupted")
+        print(f"\ninterrupted: partial results in {args.output}; rerun the same command to resume", file=sys.stderr)
+        return INTERRUPTED
+    results = write_reports(args.output, info, run.chunks, data, started, complete=True)
+    if args.json is not None:
+        atomic_write_text(args.json, json.dumps(results, indent=1) + "\n")
+    print(console(results, str(args.output)))
+    return OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,8 +1,0 @@
-"""The default starting-point search of the boundary attacks: other-class images first, then noise."""
-from __future__ import annotations
-
-from attacks.base import Attack
-from attacks.noise import BlendedUniformNoise
-from attacks.other_class import OtherClassBlend
-
-STARTS: tuple[Attack, ...] = (OtherClassBlend(), BlendedUniformNoise(repeats=20, until_found=True))

@@ -1,0 +1,1 @@
+"""What the harness computes with gradients: surrogate models it owns, and the white-box reference."""

@@ -1,0 +1,110 @@
+"""Evaluation images in the competition's format: a folder of ``.npy`` uint8 H x W x C images
+and ``labels.yml`` mapping each file name to its class index.
+
+``labels.yml`` defines the set: the files it names, in its order; other files are ignored.
+:func:`folder_problems` reports every unusable entry at once, so a folder is fixed in one go.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from avc_common.problems import Problem
+
+LABELS_FILE = "labels.yml"
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    """Images (uint8 N x H x W x C), their file names, and their labels (None when unknown)."""
+
+    names: list[str]
+    images: np.ndarray
+    labels: np.ndarray | None
+
+
+def write_folder(folder: str | Path, images: np.ndarray, labels: np.ndarray) -> Path:
+    """Write images as ``00000.npy``, ... and their ``labels.yml``, the layout :func:`load_folder` reads."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    names = [f"{i:05d}.npy" for i in range(len(images))]
+    for name, image in zip(names, images):
+        np.save(folder / name, np.ascontiguousarray(image, dtype=np.uint8))
+    (folder / LABELS_FILE).write_text(yaml.safe_dump({n: int(y) for n, y in zip(names, labels)}, sort_keys=False))
+    return folder
+
+
+def fixture(shape: tuple[int, int, int], n: int = 32, seed: int = 0) -> EvalSet:
+    """Seeded random images of the model's shape, for a check without an evaluation set (no labels)."""
+    images = np.random.default_rng(seed).integers(0, 256, size=(n, *shape), dtype=np.uint8)
+    return EvalSet([f"random-{i}" for i in range(n)], images, None)
+
+
+def _listing(names: list[str], limit: int = 5) -> str:
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
+
+
+def _read_labels(path: Path) -> tuple[dict[Any, Any] | None, Problem | None]:
+    fix = f"write {LABELS_FILE} as one `FILE.npy: LABEL` line per image"
+    if not path.is_file():
+        return None, Problem(str(path), "missing", fix)
+    try:
+        mapping = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        return None, Problem(str(path), f"not valid YAML: {err}", fix)
+    if not isinstance(mapping, dict) or not mapping:
+        return None, Problem(str(path), "must be a non-empty mapping of file name to label", fix)
+    return mapping, None
+
+
+def folder_problems(folder: str | Path, shape: tuple[int, int, int], num_classes: int,
+                    flag: str = "--images") -> list[Problem]:
+    """Everything that keeps ``folder`` (passed as ``flag``) from being an evaluation set of this shape and classes."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return [Problem(flag, f"{folder} is not a folder", f"pass a folder of .npy images with a {LABELS_FILE}")]
+    labels_path = folder / LABELS_FILE
+    mapping, problem = _read_labels(labels_path)
+    if problem:
+        return [problem]
+    missing, bad_labels, bad_images = [], [], []
+    for name, label in mapping.items():
+        if not isinstance(label, int) or isinstance(label, bool) or not 0 <= label < num_classes:
+            bad_labels.append(f"{name}: {label!r}")
+        file = folder / str(name)
+        if not file.is_file():
+            missing.append(str(name))
+            continue
+        try:
+            array = np.load(file, mmap_mode="r", allow_pickle=False)
+            got = f"{array.dtype} {array.shape}"
+        except (OSError, ValueError) as err:
+            got = f"unreadable: {err}"
+        if got != f"uint8 {tuple(shape)}":
+            bad_images.append(f"{name} ({got})")
+    problems = []
+    if missing:
+        problems.append(Problem(str(labels_path), f"names {len(missing)} file(s) not in {folder}: {_listing(missing)}",
+                                "add the files or remove their lines"))
+    if bad_labels:
+        problems.append(Problem(str(labels_path), f"{len(bad_labels)} label(s) not an integer in 0..{num_classes - 1}: "
+                                f"{_listing(bad_labels)}", "give each image its class index"))
+    if bad_images:
+        problems.append(Problem(flag, f"{len(bad_images)} file(s) are not uint8 {' x '.join(map(str, shape))} "
+                                f"(H x W x C) arrays: {_listing(bad_images)}",
+                                "save each image with np.save(path, image) as uint8 HWC in the model's input shape"))
+    return problems
+
+
+def load_folder(folder: str | Path) -> EvalSet:
+    """Load a folder that :func:`folder_problems` accepted."""
+    folder = Path(folder)
+    mapping = yaml.safe_load((folder / LABELS_FILE).read_text())
+    names = [str(name) for name in mapping]
+    images = np.stack([np.load(folder / name, allow_pickle=False) for name in names])
+    return EvalSet(names, images, np.array(list(mapping.values()), dtype=np.int64))

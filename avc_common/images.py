@@ -1,0 +1,72 @@
+"""The pixel convention every package shares, in one place.
+
+Images travel and are stored as uint8 N x H x W x C (HWC, the competition's format and the
+bytes on the wire); models take float32 N x C x H x W in [0, 1] (normalisation lives inside
+the exported model). :class:`ImageShape` is the one type for "what images a model takes",
+and :func:`to_model_input` is the one conversion from the first form to the second.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+
+class ImageShape(NamedTuple):
+    """One image as a uint8 HWC array: (height, width, channels); a plain tuple where one is expected."""
+
+    height: int
+    width: int
+    channels: int
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of one image on the wire."""
+        return self.height * self.width * self.channels
+
+    def describe(self) -> str:
+        """E.g. ``2352 = 28 x 28 x 1 uint8 HWC``: the form every error message uses."""
+        return f"{self.nbytes} = {self.height} x {self.width} x {self.channels} uint8 HWC"
+
+    def check(self, images: object) -> None:
+        """Raise ``ValueError`` saying what was expected unless ``images`` is uint8 N x H x W x C of this shape."""
+        if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.shape[1:] != tuple(self):
+            got = f"{images.dtype} {images.shape}" if isinstance(images, np.ndarray) else type(images).__name__
+            raise ValueError(f"expected uint8 N x {' x '.join(map(str, self))} (HWC) images, got {got}")
+
+
+def to_model_input(images: np.ndarray | torch.Tensor, device: str | torch.device = "cpu") -> torch.Tensor:
+    """uint8 (or [0, 1] float) N x H x W x C images as the float32 N x C x H x W in [0, 1] a model takes.
+
+    uint8 is moved to ``device`` before it is widened (a quarter of the bytes to copy). The
+    result is a permuted view where no copy was needed: call ``.contiguous()`` if that matters.
+    """
+    if isinstance(images, np.ndarray) and not images.flags.writeable:  # torch warns on read-only memory
+        images = images.copy()
+    x = torch.as_tensor(images).to(device, non_blocking=True).permute(0, 3, 1, 2)
+    return x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
+
+
+def to_hwc(x: torch.Tensor) -> np.ndarray:
+    """A float N x C x H x W batch back as float32 N x H x W x C on the CPU (the attacks' layout)."""
+    return x.detach().permute(0, 2, 3, 1).to("cpu", torch.float32).numpy()
+
+
+def to_unit(images: np.ndarray) -> np.ndarray:
+    """uint8 images as float32 in [0, 1]."""
+    return np.asarray(images, dtype=np.float32) / np.float32(255.0)
+
+
+def to_uint8(x: np.ndarray) -> np.ndarray:
+    """Round float [0, 1] images to uint8 (uint8 input passes through unchanged)."""
+    if x.dtype == np.uint8:
+        return x
+    return np.clip(np.rint(np.asarray(x, dtype=np.float64) * 255.0), 0, 255).astype(np.uint8)
+
+
+class ModelSpec(NamedTuple):
+    """What a classifier takes and answers: its image shape and its number of classes."""
+
+    shape: ImageShape
+    num_classes: int

@@ -1,0 +1,1 @@
+"""The label-only gRPC contract: stubs generated from ``proto/defense.proto`` and its one client."""

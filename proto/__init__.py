@@ -1,1 +1,0 @@
-"""Generated gRPC stubs for ``defense.proto`` (package ``defense.v1``); regenerate with ``proto/generate.py``."""

@@ -16,7 +16,7 @@
 #       --build-arg ARTIFACT=runs/tiny-trades/artifact -t defense-server:cuda .
 #   docker run --rm --gpus all -p 50051:50051 defense-server:cuda --device cuda
 #
-# Without a Docker engine, podman builds and runs this file unchanged: ../shared/CONTAINERS.md
+# Without a Docker engine, podman builds and runs this file unchanged: docs/containers.md
 # (tests/test_container.py follows it).
 FROM python:3.11-slim
 

@@ -45,7 +45,7 @@ demo-quick: setup
 # The submitted model (crisp.yaml): the full 8-epoch TRADES recipe.
 train-fmnist-trades: setup
 	$(PY) training/train_tiny.py $(FMNIST_RECIPE) --loss trades --beta 6 --epochs $(EPOCHS) \
-		--output-dir $(RUNS)/fmnist-trades --resume
+		--output $(RUNS)/fmnist-trades --resume
 
 # The submission (crisp.yaml -> runs/fmnist-trades/artifact) tested as the competition would, before building the image.
 check: setup
@@ -53,7 +53,7 @@ check: setup
 
 train-fmnist-natural: setup
 	$(PY) training/train_tiny.py $(FMNIST_RECIPE) --loss natural --epochs $(EPOCHS) \
-		--output-dir $(RUNS)/fmnist-natural --resume
+		--output $(RUNS)/fmnist-natural --resume
 
 bench: setup
 	$(PY) bench/train_step.py

@@ -65,7 +65,7 @@ class ExportedModel(nn.Module):
         super().__init__()
         self.graph_module = program.module()
 
-    def train(self, mode: bool = True) -> "ExportedModel":
+    def train(self, mode: bool = True) -> ExportedModel:
         self.training = False
         return self
 
@@ -110,7 +110,7 @@ def save_artifact(model: nn.Module, out_dir: str | Path, *, input_shape: tuple[i
         "training": training,
         "metrics": metrics,
         "sha256": {MODEL_FILE: sha256_file(out_dir / MODEL_FILE)},
-        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "torch_version": torch.__version__,
         "trades_avc_version": __version__,
     }

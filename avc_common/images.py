@@ -3,14 +3,14 @@
 Images travel and are stored as uint8 N x H x W x C (HWC, the competition's format and the
 bytes on the wire); models take float32 N x C x H x W in [0, 1] (normalisation lives inside
 the exported model). :class:`ImageShape` is the one type for "what images a model takes",
-and :func:`to_model_input` is the one conversion from the first form to the second.
+and :func:`avc_common.tensors.to_model_input` is the one conversion from the first form to the second
+(kept apart so that what needs only shapes, like the gRPC client and the health probe, never imports torch).
 """
 from __future__ import annotations
 
 from typing import NamedTuple
 
 import numpy as np
-import torch
 
 
 class ImageShape(NamedTuple):
@@ -34,23 +34,6 @@ class ImageShape(NamedTuple):
         if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.shape[1:] != tuple(self):
             got = f"{images.dtype} {images.shape}" if isinstance(images, np.ndarray) else type(images).__name__
             raise ValueError(f"expected uint8 N x {' x '.join(map(str, self))} (HWC) images, got {got}")
-
-
-def to_model_input(images: np.ndarray | torch.Tensor, device: str | torch.device = "cpu") -> torch.Tensor:
-    """uint8 (or [0, 1] float) N x H x W x C images as the float32 N x C x H x W in [0, 1] a model takes.
-
-    uint8 is moved to ``device`` before it is widened (a quarter of the bytes to copy). The
-    result is a permuted view where no copy was needed: call ``.contiguous()`` if that matters.
-    """
-    if isinstance(images, np.ndarray) and not images.flags.writeable:  # torch warns on read-only memory
-        images = images.copy()
-    x = torch.as_tensor(images).to(device, non_blocking=True).permute(0, 3, 1, 2)
-    return x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
-
-
-def to_hwc(x: torch.Tensor) -> np.ndarray:
-    """A float N x C x H x W batch back as float32 N x H x W x C on the CPU (the attacks' layout)."""
-    return x.detach().permute(0, 2, 3, 1).to("cpu", torch.float32).numpy()
 
 
 def to_unit(images: np.ndarray) -> np.ndarray:

@@ -9,8 +9,8 @@ them with every method, each from scratch with ``--budget`` queries per image:
   what a server would see as its batch size);
 - Foolbox 3 (``foolbox==3.3.4``, bench-only) ``BoundaryAttack`` and ``HopSkipJumpAttack``,
   at their defaults and at settings tuned for this budget (:data:`FOOLBOX_TUNED`), run
-  as ``/work/shared/PEERS.md`` says: one image at a time (its attacks are
-  batch-synchronous), on a label-only view of the net (one-hot argmax of the
+  as docs/benchmarks.md "Comparing with Foolbox 3 fairly" says: one image at a time (its
+  attacks are batch-synchronous), on a label-only view of the net (one-hot argmax of the
   uint8-rounded input), scored by the closest misclassified query among each image's
   first ``--budget``. Once an image's budget is spent the next query stops Foolbox (it
   is never answered falsely): nothing it does afterwards could count.
@@ -36,12 +36,11 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-# Run as a script, this file's folder comes first on the import path, where it (bench/attack_bench.py)
-# would shadow the attacks package it benchmarks.
 import numpy as np
 import torch
 from tqdm import tqdm
@@ -52,8 +51,10 @@ from attacks.scoring.evaldata import first_correct
 from attacks.scoring.pipeline import SuiteRun
 from attacks.whitebox.reference import minimal_l2
 from avc_common.atomic import atomic_write_text
+from avc_common.cli import HelpFormatter
 from avc_common.data.fashion_mnist import FASHION_MNIST_DIR, load_fashion_split
-from avc_common.images import to_hwc, to_model_input, to_uint8, to_unit
+from avc_common.images import to_uint8, to_unit
+from avc_common.tensors import to_hwc, to_model_input
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = {"natural": ROOT / "runs/fmnist-natural/artifact", "trades": ROOT / "runs/fmnist-trades/artifact"}
@@ -105,7 +106,7 @@ class Result:
 
 def run_ours(attacks: dict[str, Attack], model: LabelOnlyModel, images: np.ndarray, labels: np.ndarray,
              budget: int, seed: int) -> list[Result]:
-    """Our attacks exactly as the scorer runs them (:class:`attacks.scoring.SuiteRun`): all images in one
+    """Our attacks exactly as the scorer runs them (:class:`attacks.scoring.pipeline.SuiteRun`): all images in one
     chunk, each attack on a fresh ledger with the whole per-image budget (the clean check is one of its queries)."""
     with tempfile.TemporaryDirectory(prefix="bench-attacks-") as state_dir:
         run = SuiteRun(model, images, labels, attacks, Path(state_dir), budget=budget, seed=seed,
@@ -231,8 +232,9 @@ def suite_attacks(preset: str, surrogates: list[Path]) -> dict[str, Attack]:
 
 def run_whitebox(net: Callable[[torch.Tensor], torch.Tensor], images: np.ndarray, labels: np.ndarray,
                  steps: int, starts: np.ndarray | None) -> Result:
-    """The scorer's white-box reference (FMN, :func:`attacks.whitebox.minimal_l2`, which verifies on the lattice),
-    from the clean images and, as the scorer does, from ``starts`` (the suite's adversarials; None: no suite ran)."""
+    """The scorer's white-box reference (FMN, :func:`attacks.whitebox.reference.minimal_l2`, which verifies on the
+    lattice), from the clean images and, as the scorer does, from ``starts`` (the suite's adversarials; None: no suite
+    ran)."""
     start = time.perf_counter()
     with tqdm(total=1, desc="whitebox", leave=False, file=sys.stderr):
         distances = minimal_l2(net, images, labels, steps=steps, starts=starts)
@@ -354,7 +356,7 @@ def parse_sets(entries: list[str]) -> dict[str, dict[str, Any]]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--models", default="natural,trades",
                    help=f"comma-separated: {', '.join(f'{k} ({v.relative_to(ROOT)})' for k, v in MODELS.items())}, "
                         f"or NAME=ARTIFACT_DIR")
@@ -401,7 +403,7 @@ def main(argv: list[str] | None = None) -> int:
                              f"NAME=ARTIFACT_DIR")
         if any(m in FOOLBOX for m in args.methods):
             try:
-                import foolbox  # noqa: F401
+                import foolbox
             except ImportError:
                 raise ValueError("foolbox is not installed (a bench-only dependency): "
                                  "pip install foolbox==3.3.4, or pass --skip-foolbox") from None

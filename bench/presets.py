@@ -24,8 +24,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-# Run as a script, this file's folder comes first on the import path, where bench/attack_bench.py
-# would shadow the attacks package.
 import numpy as np
 import torch
 from tqdm import tqdm
@@ -34,6 +32,7 @@ from attacks import PRESETS, ArtifactModel, BudgetedModel, SuiteEntry, build_att
 from attacks.methods.suite import TRANSFER_BIASED
 from attacks.scoring.evaldata import first_correct
 from avc_common.atomic import atomic_write_text
+from avc_common.cli import HelpFormatter
 from training.data import FASHION_MNIST_DIR, load_fashion_mnist
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -92,7 +91,7 @@ def best_suites(results: dict[str, dict[str, dict[str, Any]]], size: int, top: i
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--models", default="natural,trades", help=f"comma-separated subset of {', '.join(MODELS)}")
     p.add_argument("--data", type=Path, default=FASHION_MNIST_DIR, help="Fashion-MNIST folder (IDX files)")
     p.add_argument("--images", type=int, default=100, help="correctly classified test images per model")

@@ -2,7 +2,9 @@
 
 For each model (random weights, exported into a temporary artifact exactly as training
 does) the bench starts ``python -m defense serve`` as a subprocess on 127.0.0.1 (any free
-port), so the load generator's GIL never competes with the server's. Load comes from this
+port; :mod:`defense.process`), so the load generator's GIL never competes with the server's,
+and reads the server's own counters (batches, time in the model, time per call in the server)
+from its ``--stats-file`` (:class:`defense.stats.ServerStats`). Load comes from this
 process, in closed loops (each client sends its next call when the previous one returns):
 N single-image clients are coroutines on one ``grpc.aio`` channel; a single client (one
 image, or ``--batch-images`` per call) is a blocking stub, as ``DefenseClient`` uses.
@@ -27,16 +29,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
-import re
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -46,10 +47,13 @@ import torch
 
 from avc_common.artifact import load_artifact, save_artifact
 from avc_common.atomic import atomic_write_text
+from avc_common.cli import HelpFormatter
 from avc_common.rpc import defense_pb2
 from avc_common.rpc.client import DefenseClient
 from defense.batcher import classify
-from defense.server import THROUGHPUT_LOG, ServerConfig
+from defense.process import ServerProcess, ServerStartError, free_port, wait_serving
+from defense.server import ServerConfig
+from defense.stats import ServerStats, fresh
 from training.models import create_model
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -109,10 +113,14 @@ def time_calls(fn, duration_s: float, min_calls: int, max_calls: int) -> list[fl
     return times
 
 
+def random_images(shape: tuple[int, int, int], n: int, seed: int) -> np.ndarray:
+    """``n`` random uint8 HWC images of ``shape``, the same ones for the same seed."""
+    return np.random.default_rng(seed).integers(0, 256, (n, *shape), dtype=np.uint8)
+
+
 def in_process(model, shape: tuple[int, int, int], batch: int, duration_s: float) -> dict[str, float]:
     """Images/s of ``classify`` at ``batch`` and the median ms of ``classify`` on one image."""
-    rng = np.random.default_rng(0)
-    full = rng.integers(0, 256, (batch, *shape), dtype=np.uint8)
+    full = random_images(shape, batch, seed=0)
     one = full[:1].copy()
     classify(model, full)  # warm-up: allocations, kernel choice
     for _ in range(20):
@@ -128,86 +136,66 @@ def in_process(model, shape: tuple[int, int, int], batch: int, duration_s: float
 
 # --- the server subprocess -------------------------------------------------------------
 
-# A gRPC server with no model at all: Predict answers one fixed label at once. What the load
-# generator gets from it is the most that any Python gRPC server could deliver on this machine.
+# A gRPC server with no model at all: Predict answers one fixed label at once (and health says
+# SERVING). What the load generator gets from it is the most that any Python gRPC server could
+# deliver on this machine. Its one argument is the port.
 ECHO_SERVER = """
-import asyncio, grpc
+import asyncio, sys, grpc
+from grpc_health.v1 import health, health_pb2_grpc
 async def predict(request, context):
     return b"\\x0a\\x01\\x00"  # PredictResponse(labels=[0])
 async def main():
     server = grpc.aio.server()
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
         "defense.v1.Defense", {"Predict": grpc.unary_unary_rpc_method_handler(predict)}),))
-    port = server.add_insecure_port("127.0.0.1:0")
+    health_pb2_grpc.add_HealthServicer_to_server(health.aio.HealthServicer(), server)
+    server.add_insecure_port(f"127.0.0.1:{sys.argv[1]}")
     await server.start()
-    print(f"listening on 127.0.0.1:{port}; SERVING", flush=True)
     await server.wait_for_termination()
 asyncio.run(main())
 """
 
 
-class ServerProcess:
-    """``python -m defense serve`` (or ``cmd``) on 127.0.0.1, port chosen by the OS, logging to a file."""
+@dataclass
+class Served:
+    """A running server subprocess as the load generator sees it: its address, its CPU time, its counters."""
 
-    def __init__(self, artifact: Path, log_path: Path, threads: int, max_batch_size: int, max_delay_ms: float,
-                 max_images: int, start_timeout_s: float = 120.0, cmd: list[str] | None = None) -> None:
-        self.log_path = log_path
-        cmd = cmd or [sys.executable, "-m", "defense", "serve", "--model", str(artifact), "--host", "127.0.0.1",
-                      "--port", "0", "--threads", str(threads), "--max-batch-size", str(max_batch_size),
-                      "--max-delay-ms", str(max_delay_ms), "--max-images-per-request", str(max_images),
-                      "--grace-s", "2"]
-        self._log = open(log_path, "w")  # noqa: SIM115 - held for the process lifetime, closed in close()
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + start_timeout_s
-        self.port = None
-        while time.monotonic() < deadline:
-            text = log_path.read_text()
-            if self.port is None and (m := re.search(r"listening on 127\.0\.0\.1:(\d+)", text)):
-                self.port = int(m.group(1))
-            if self.port is not None and "SERVING" in text:
-                return
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.1)
-        self.close()
-        raise RuntimeError(f"server did not become ready; its log:\n{log_path.read_text()}")
-
-    @property
-    def target(self) -> str:
-        return f"127.0.0.1:{self.port}"
+    process: ServerProcess
+    target: str
+    stats_file: Path | None  # None: the echo server, which counts nothing
 
     def cpu_s(self) -> float:
         """User + system CPU seconds of the server process so far (all its threads)."""
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        fields = Path(f"/proc/{self.process.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
-    def log_offset(self) -> int:
-        return self.log_path.stat().st_size
+    def stats(self) -> ServerStats:
+        """The server's counters now, every call it answered so far included (a fresh snapshot on request)."""
+        return fresh(self.stats_file, self.process.proc.pid) if self.stats_file else ServerStats()
 
-    def batch_stats(self, start: int, stop: int) -> tuple[int, int, float, int, float]:
-        """(batches, images, seconds in the model, requests, seconds in the server answering them) from
-        the server's once-a-second log lines between two offsets."""
-        with open(self.log_path) as f:
-            f.seek(start)
-            text = f.read(max(stop - start, 0))
-        batches, images, model_s, requests, answer_s = 0, 0, 0.0, 0, 0.0
-        for m in THROUGHPUT_LOG.finditer(text):
-            requests += int(m["requests"])
-            answer_s += int(m["requests"]) * float(m["answer_ms"]) / 1e3
-            batches += int(m["batches"])
-            images += round(int(m["batches"]) * float(m["mean_batch"]))
-            model_s += int(m["batches"]) * float(m["model_ms"]) / 1e3
-        return batches, images, model_s, requests, answer_s
 
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
+@contextlib.contextmanager
+def serving(argv: list[str], port: int, stats_file: Path | None = None) -> Iterator[Served]:
+    """``argv``, a server that listens on 127.0.0.1:``port``, from once its health says SERVING; stopped after."""
+    target = f"127.0.0.1:{port}"
+    with ServerProcess(argv, cwd=ROOT) as process:
+        wait_serving(process, target, timeout_s=120)
+        yield Served(process, target, stats_file)
+
+
+def defense_server(artifact: Path, stats_file: Path, args: argparse.Namespace,
+                   max_images: int) -> contextlib.AbstractContextManager[Served]:
+    """``python -m defense serve`` with the bench's settings, its counters in ``stats_file``."""
+    port = free_port()
+    return serving([sys.executable, "-m", "defense", "serve", "--model", str(artifact), "--host", "127.0.0.1",
+                    "--port", str(port), "--threads", str(args.threads), "--max-batch-size", str(args.max_batch_size),
+                    "--max-delay-ms", str(args.max_delay_ms), "--max-images-per-request", str(max_images),
+                    "--grace-s", "2", "--stats-file", str(stats_file)], port, stats_file)
+
+
+def echo_server() -> contextlib.AbstractContextManager[Served]:
+    port = free_port()
+    return serving([sys.executable, "-c", ECHO_SERVER, str(port)], port)
 
 
 # --- the load generator ------------------------------------------------------------------
@@ -276,7 +264,7 @@ class _ClientLog:
             self.tally.rates.append(self.calls * self.tally.scenario.images_per_call / (self.last - self.first))
 
 
-async def load(server: ServerProcess, request: bytes, scenario: Scenario, warmup_s: float, duration_s: float,
+async def load(server: Served, request: bytes, scenario: Scenario, warmup_s: float, duration_s: float,
                max_calls: int, timeout_s: float) -> np.ndarray:
     """``scenario.clients`` closed-loop clients each keep one call in flight for ``warmup_s + duration_s``.
 
@@ -327,20 +315,20 @@ async def load(server: ServerProcess, request: bytes, scenario: Scenario, warmup
                     log.done(start)
                 log.close()
 
-            async def meter() -> tuple[float, float, float, float, int, int]:
-                """Wall, client CPU, server CPU and others' cores over the window; server log offsets."""
+            async def meter() -> tuple[float, float, float, float, ServerStats]:
+                """Wall, client CPU, server CPU and others' cores over the window; the counters at its start."""
                 await asyncio.sleep(max(tally.window[0] - time.perf_counter(), 0))
-                t0, c0, s0, o0 = time.perf_counter(), time.process_time(), server.cpu_s(), server.log_offset()
+                counted = await asyncio.to_thread(server.stats)
+                t0, c0, s0 = time.perf_counter(), time.process_time(), server.cpu_s()
                 other = OtherLoad(lambda: time.process_time() + server.cpu_s())
                 await asyncio.sleep(max(tally.window[1] - time.perf_counter(), 0))
-                t1, c1, s1, foreign = time.perf_counter(), time.process_time(), server.cpu_s(), other.cores()
-                await asyncio.sleep(1.1)  # the server logs batch counts once a second
-                return t1 - t0, c1 - c0, s1 - s0, foreign, o0, server.log_offset()
+                return time.perf_counter() - t0, time.process_time() - c0, server.cpu_s() - s0, other.cores(), counted
 
             clients = [asyncio.to_thread(blocking_client)] if blocking else \
                 [client() for _ in range(scenario.clients)]
             results = await asyncio.gather(meter(), *clients)
-            wall, client_cpu, server_cpu, scenario.other_cores, o0, o1 = results[0]
+            wall, client_cpu, server_cpu, scenario.other_cores, first = results[0]
+            counted = (await asyncio.to_thread(server.stats)).since(first)  # every call has returned
     finally:
         if sync_channel is not None:
             sync_channel.close()
@@ -352,15 +340,14 @@ async def load(server: ServerProcess, request: bytes, scenario: Scenario, warmup
         scenario.mean_ms = float(ms.mean())
     scenario.client_cores = client_cpu / wall
     scenario.server_cores = server_cpu / wall
-    batches, images, model_s, requests, answer_s = server.batch_stats(o0, o1)
-    scenario.server_mean_batch = images / batches if batches else 0.0
-    scenario.server_batches = batches
-    scenario.server_model_ms = model_s * 1e3 / batches if batches else 0.0
-    scenario.server_answer_ms = answer_s * 1e3 / requests if requests else 0.0
+    batches = scenario.server_batches = counted.batches
+    scenario.server_mean_batch = counted.batch_images / batches if batches else 0.0
+    scenario.server_model_ms = counted.model_s * 1e3 / batches if batches else 0.0
+    scenario.server_answer_ms = counted.answer_s * 1e3 / counted.requests if counted.requests else 0.0
     return ms
 
 
-def single_image_latency(server: ServerProcess, model, shape: tuple[int, int, int], label: str,
+def single_image_latency(server: Served, model, shape: tuple[int, int, int], label: str,
                          args: argparse.Namespace) -> tuple[Scenario, dict]:
     """The one-client, one-image scenario, interleaved with the in-process batch-1 forward.
 
@@ -370,16 +357,16 @@ def single_image_latency(server: ServerProcess, model, shape: tuple[int, int, in
     between figures taken minutes apart. Even so, a forward in this process and one in the
     server's differ by several ms either way for ResNet-18 (each process slows the other's
     threads). So the added latency is the mean call time minus the mean time the server's own
-    model forward took for those calls (from its log lines: same process, same moments); the
+    model forward took for those calls (from its stats file: same process, same moments); the
     p50 difference against the in-process forward is kept beside it, with its per-round spread.
-    The added latency is split by the server's own time per call (also from its log lines): the
+    The added latency is split by the server's own time per call (also from its stats file): the
     server's Python path (checks, hand-over to the batcher thread and back, the reply) and the
     rest, gRPC transport and the load generator, which no server code runs in.
     """
     rounds = args.latency_rounds
     per = args.duration_s / rounds
-    request = predict_request(shape, 1)
-    one = np.random.default_rng(0).integers(0, 256, (1, *shape), dtype=np.uint8)
+    request = predict_request(random_images(shape, 1, seed=1))
+    one = random_images(shape, 1, seed=0)
     served, local, parts, local_p50, added = [], [], [], [], []
     for _ in range(rounds):
         local_ms = np.array(time_calls(lambda: classify(model, one), per, 10, 100_000)) * 1e3
@@ -405,7 +392,7 @@ def single_image_latency(server: ServerProcess, model, shape: tuple[int, int, in
     # one image per call: a batch per call, so the batch count weighs both per-call means
     merged.server_model_ms, merged.server_answer_ms = (
         (sum(getattr(p, f) * p.server_batches for p in parts) / merged.server_batches
-         if merged.server_batches else float("nan"))  # no log line in any round
+         if merged.server_batches else float("nan"))  # the server counted no batch in any round
         for f in ("server_model_ms", "server_answer_ms"))
     local_all = float(np.median(np.concatenate(local)))
     return merged, {"in_process_batch1_ms": local_all, "added_over_in_process_ms": merged.p50_ms - local_all,
@@ -417,17 +404,14 @@ def single_image_latency(server: ServerProcess, model, shape: tuple[int, int, in
                                for a, p, d in zip(local_p50, parts, added)]}
 
 
-def predict_request(shape: tuple[int, int, int], images: int) -> bytes:
-    """A serialised PredictRequest of random images (fixed seed)."""
-    rng = np.random.default_rng(1)
-    batch = rng.integers(0, 256, (images, *shape), dtype=np.uint8)
-    return defense_pb2.PredictRequest(images=[im.tobytes() for im in batch]).SerializeToString()
+def predict_request(images: np.ndarray) -> bytes:
+    """A serialised PredictRequest of uint8 HWC ``images``: built once, sent as bytes by every call."""
+    return defense_pb2.PredictRequest(images=[im.tobytes() for im in images]).SerializeToString()
 
 
-def check_labels(server: ServerProcess, model, shape: tuple[int, int, int]) -> bool:
-    """The server answers what the in-process model answers for the bench's own batch request."""
-    request = defense_pb2.PredictRequest.FromString(predict_request(shape, 8))
-    images = np.stack([np.frombuffer(b, np.uint8).reshape(shape) for b in request.images])
+def check_labels(server: Served, model, shape: tuple[int, int, int]) -> bool:
+    """The server answers what the in-process model answers for images like the bench's requests."""
+    images = random_images(shape, 8, seed=1)
     with DefenseClient(server.target, timeout_s=60, retries=2) as client:
         return bool(np.array_equal(client.predict(images), classify(model, images)))
 
@@ -443,10 +427,9 @@ def bench_model(name: str, args: argparse.Namespace, tmp: Path) -> dict:
     base = in_process(model, shape, args.max_batch_size, args.duration_s)
     log(f"[{name}]   {base['images_per_s']:.0f} images/s at batch {args.max_batch_size}, "
         f"batch 1 {base['batch1_ms']:.2f} ms; other processes used {base['other_cores']:.2f} cores")
-    server = ServerProcess(art_dir, tmp / f"{name}-server.log", args.threads, args.max_batch_size,
-                           args.max_delay_ms, max(DEFAULTS.max_images_per_request, args.batch_images))
     scenarios: list[Scenario] = []
-    try:
+    with defense_server(art_dir, tmp / f"{name}-stats.json", args,
+                        max(DEFAULTS.max_images_per_request, args.batch_images)) as server:
         same = check_labels(server, model, shape)
         log(f"[{name}] server on {server.target}; labels match in-process: {same}")
         plans = [(f"{n}-client{'s' if n > 1 else ''}", n, 1) for n in args.clients]
@@ -467,28 +450,23 @@ def bench_model(name: str, args: argparse.Namespace, tmp: Path) -> dict:
             else:
                 scenario = Scenario(label, clients, per_call)
                 log(f"[{name}] {label}: {args.warmup_s:.1f} s warm-up + {args.duration_s:.1f} s ...")
-                asyncio.run(load(server, predict_request(shape, per_call), scenario, args.warmup_s,
-                                 args.duration_s, args.max_calls, args.timeout_s))
+                asyncio.run(load(server, predict_request(random_images(shape, per_call, seed=1)), scenario,
+                                 args.warmup_s, args.duration_s, args.max_calls, args.timeout_s))
             log(f"[{name}]   {scenario.images_per_s:.0f} images/s, p50 {scenario.p50_ms:.2f} ms, "
                 f"p99 {scenario.p99_ms:.2f} ms, {scenario.calls} calls, {scenario.errors} errors, "
                 f"mean server batch {scenario.server_mean_batch:.1f}, "
                 f"cores: server {scenario.server_cores:.2f} client {scenario.client_cores:.2f} "
                 f"other {scenario.other_cores:.2f}")
             scenarios.append(scenario)
-    finally:
-        server.close()
     if args.echo:
         clients = max(args.clients)
         label = f"echo {clients}-client{'s' if clients > 1 else ''}"
-        log(f"[{name}] {label} (no model: the gRPC ceiling): {args.warmup_s:.1f} s warm-up + {args.duration_s:.1f} s ...")
-        echo = ServerProcess(art_dir, tmp / f"{name}-echo.log", 0, 0, 0, 0,
-                             cmd=[sys.executable, "-c", ECHO_SERVER])
-        try:
-            scenario = Scenario(label, clients, 1)
-            asyncio.run(load(echo, predict_request(shape, 1), scenario, args.warmup_s, args.duration_s,
-                             args.max_calls, args.timeout_s))
-        finally:
-            echo.close()
+        log(f"[{name}] {label} (no model: the gRPC ceiling): "
+            f"{args.warmup_s:.1f} s warm-up + {args.duration_s:.1f} s ...")
+        scenario = Scenario(label, clients, 1)
+        with echo_server() as echo:
+            asyncio.run(load(echo, predict_request(random_images(shape, 1, seed=1)), scenario, args.warmup_s,
+                             args.duration_s, args.max_calls, args.timeout_s))
         log(f"[{name}]   {scenario.images_per_s:.0f} images/s, p50 {scenario.p50_ms:.2f} ms, "
             f"cores: server {scenario.server_cores:.2f} client {scenario.client_cores:.2f} "
             f"other {scenario.other_cores:.2f}")
@@ -496,7 +474,8 @@ def bench_model(name: str, args: argparse.Namespace, tmp: Path) -> dict:
     log(f"[{name}] in-process again (drift check)")
     again = in_process(model, shape, args.max_batch_size, args.duration_s)
     return {"model": name, "arch": arch, "input": list(shape), "classes": classes, "labels_match": same,
-            "in_process": base, "in_process_after": again, "batch1_latency": latency, "scenarios": [asdict(s) for s in scenarios]}
+            "in_process": base, "in_process_after": again, "batch1_latency": latency,
+            "scenarios": [asdict(s) for s in scenarios]}
 
 
 def summarise(results: list[dict], args: argparse.Namespace) -> list[tuple[str, float]]:
@@ -555,7 +534,7 @@ def summarise(results: list[dict], args: argparse.Namespace) -> list[tuple[str, 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--models", default="resnet18,smallcnn",
                    help=f"comma-separated models to bench, from: {', '.join(MODELS)}")
     p.add_argument("--duration-s", type=float, default=5.0,
@@ -599,10 +578,12 @@ def main(argv: list[str] | None = None) -> int:
     log(f"machine: {machine}; other processes used {busy:.2f} cores in the second before the start")
     if busy > 0.2:
         log("note: the machine is not idle; the figures will be noisy (see the 'other' column)")
-    results = []
     with tempfile.TemporaryDirectory(prefix="bench-server-") as tmp:
-        for name in names:
-            results.append(bench_model(name, args, Path(tmp)))
+        try:
+            results = [bench_model(name, args, Path(tmp)) for name in names]
+        except ServerStartError as err:
+            print(f"error: the server did not start: {err}", file=sys.stderr)
+            return 1
 
     print(f"\nServer vs in-process on {machine}: server and load generator share the machine's cores;\n"
           f"{args.threads} torch threads, max batch {args.max_batch_size}, max delay {args.max_delay_ms} ms; "

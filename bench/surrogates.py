@@ -33,12 +33,10 @@ import math
 import shlex
 import sys
 import time
+from collections.abc import Callable
 from functools import cache
 from pathlib import Path
-from typing import Callable
 
-# Run as a script, this file's folder comes first on the import path, where bench/attack_bench.py would
-# shadow the attacks package.
 import numpy as np
 import torch
 from tqdm import tqdm
@@ -48,8 +46,9 @@ from attacks.scoring.evaldata import first_correct
 from attacks.whitebox.reference import fmn_l2
 from attacks.whitebox.surrogate import Ensemble, load_ensemble, margin
 from avc_common.atomic import atomic_write_text
+from avc_common.cli import HelpFormatter
 from avc_common.data.fashion_mnist import FASHION_MNIST_DIR, load_fashion_split
-from avc_common.images import to_model_input
+from avc_common.tensors import to_model_input
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -100,7 +99,7 @@ def ceiling(halves_cosine: float, half: int) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--model", type=Path, default=ROOT / "runs/fmnist-natural/artifact", help="the target's artifact")
     p.add_argument("--surrogates", required=True,
                    help="comma-separated surrogate artifact folders, in the order ensembles take them (at least 2)")

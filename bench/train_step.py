@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from avc_common.atomic import atomic_write_text
+from avc_common.cli import HelpFormatter
 from training.models import MODELS, create_model
 from training.trades import AttackConfig, trades_loss
 
@@ -89,7 +90,7 @@ def time_rounds(steps: dict, device: torch.device, rounds: int, iters: int) -> d
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--arch", choices=sorted(MODELS), default="small_cnn", help="network")
     p.add_argument("--batch-size", type=int, default=128, help="images per step")
     p.add_argument("--steps", type=int, default=10, help="TRADES inner steps K")

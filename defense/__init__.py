@@ -1,1 +1,1 @@
-"""Label-only serving of a trained model artifact (see DESIGN.md)."""
+"""Label-only serving of a trained model artifact (docs/architecture.md "gRPC service")."""

@@ -12,14 +12,14 @@ from __future__ import annotations
 import collections
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
 
-from avc_common.images import to_model_input
+from avc_common.tensors import to_model_input
 
 Model = Callable[[torch.Tensor], torch.Tensor]
 
@@ -32,7 +32,7 @@ def classify(model: Model, images: np.ndarray, device: str | torch.device = "cpu
 
 @dataclass(frozen=True)
 class BatchStats:
-    """Cumulative counts since start; the server logs their differences."""
+    """Cumulative counts since start (or the last :meth:`Batcher.reset_stats`); the server reports them."""
 
     batches: int = 0
     images: int = 0
@@ -84,6 +84,12 @@ class Batcher:
             self._cond.notify()
         return pending.future
 
+    def reset_stats(self) -> BatchStats:
+        """Count from zero again (the server does after its warm-up forward); returns the counts so far."""
+        with self._cond:
+            old, self.stats = self.stats, BatchStats()
+        return old
+
     def close(self) -> None:
         """Stop taking requests, finish every queued one, then stop the worker."""
         with self._cond:
@@ -91,7 +97,7 @@ class Batcher:
             self._cond.notify()
         self._worker.join()
 
-    def __enter__(self) -> "Batcher":
+    def __enter__(self) -> Batcher:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -105,14 +111,16 @@ class Batcher:
             start_s = time.perf_counter()
             try:
                 labels = classify(self._model, images, self._device)
-            except Exception as err:  # noqa: BLE001 - the callers get the error, the worker lives on
+            except Exception as err:
                 for p, _, _ in parts:
                     if not p.future.done():
                         p.future.set_exception(err)
                 continue
-            s = self.stats
-            self.stats = BatchStats(s.batches + 1, s.images + len(images), max(s.largest, len(images)),
-                                    s.model_s + time.perf_counter() - start_s)
+            model_s = time.perf_counter() - start_s
+            with self._cond:  # not lost to a concurrent reset_stats
+                s = self.stats
+                self.stats = BatchStats(s.batches + 1, s.images + len(images), max(s.largest, len(images)),
+                                        s.model_s + model_s)
             offset = 0
             for p, start, stop in parts:
                 p.labels[start:stop] = labels[offset:offset + stop - start]

@@ -31,7 +31,7 @@ class ServerProcess:
     """The server as a subprocess with its log in a temp file; always stopped on exit."""
 
     def __init__(self, argv: list[str], cwd: Path) -> None:
-        self._log = tempfile.TemporaryFile(mode="w+")
+        self._log = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 - open for the process's life, closed on exit
         self.proc = subprocess.Popen(argv, cwd=cwd, stdout=self._log, stderr=subprocess.STDOUT,
                                      env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
@@ -46,7 +46,7 @@ class ServerProcess:
             status = Path(f"/proc/{self.proc.pid}/status").read_text()
         except OSError:
             return None
-        return next((int(l.split()[1]) * 1024 for l in status.splitlines() if l.startswith("VmHWM:")), None)
+        return next((int(line.split()[1]) * 1024 for line in status.splitlines() if line.startswith("VmHWM:")), None)
 
     def stop(self, timeout_s: float = 30.0) -> int:
         """SIGTERM (what ``docker stop`` sends), then SIGKILL after ``timeout_s``; the exit status."""
@@ -58,7 +58,7 @@ class ServerProcess:
                 self.proc.kill()
         return self.proc.wait()
 
-    def __enter__(self) -> "ServerProcess":
+    def __enter__(self) -> ServerProcess:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -80,4 +80,5 @@ def wait_serving(server: ServerProcess, target: str, timeout_s: float) -> float:
             except DefenseError:
                 pass
             time.sleep(0.2)
-    raise ServerStartError(f"not SERVING after {timeout_s:.0f} s (raise --timeout-s if loading is slow):\n{server.log_tail()}")
+    raise ServerStartError(f"not SERVING after {timeout_s:.0f} s (raise --timeout-s if loading is slow):\n"
+                           f"{server.log_tail()}")

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import signal
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -27,15 +27,11 @@ from avc_common.artifact import Artifact
 from avc_common.rpc import defense_pb2, defense_pb2_grpc
 from defense.batcher import Batcher
 from defense.budget import QueryBudget
+from defense.stats import INTERVAL_S, ServerStats
 from defense.validation import RequestError, decode_images, max_message_bytes
 
 SERVICE = defense_pb2.DESCRIPTOR.services_by_name["Defense"].full_name
 log = logging.getLogger("defense.server")
-# What :meth:`DefenseServer.log_throughput` writes about a second's traffic, for tools that read the
-# log (bench/server.py splits a call's latency with it)
-THROUGHPUT_LOG = re.compile(r"(?P<requests>\d+) requests \((?P<answer_ms>[\d.]+) ms each in the server\), "
-                            r"(?P<errors>\d+) errors, (?P<batches>\d+) batches "
-                            r"\(mean (?P<mean_batch>[\d.]+) images, (?P<model_ms>[\d.]+) ms in the model\)")
 
 
 @dataclass(frozen=True)
@@ -52,11 +48,12 @@ class ServerConfig:
     max_delay_ms: float = 0.0
     query_budget: int = 0
     grace_s: float = 10.0
+    stats_file: Path | None = None  # where to keep the counters as JSON (defense/stats.py); None: nowhere
 
 
 @dataclass
 class Counters:
-    """Cumulative traffic, updated on the event loop only; the log line reports differences."""
+    """Cumulative traffic, updated on the event loop only; :meth:`DefenseServer.stats` reports it."""
 
     requests: int = 0
     images: int = 0
@@ -108,7 +105,10 @@ class DefenseServicer(defense_pb2_grpc.DefenseServicer):
 class DefenseServer:
     """One served artifact: ``await start()``, ``await warm_up()`` (health turns SERVING), ``await stop()``.
 
-    Must be started and stopped on the same running event loop.
+    From SERVING until stopped it counts its traffic (:meth:`stats`) and reports it every
+    :data:`defense.stats.INTERVAL_S` while there is some: a log line for people and, with
+    ``config.stats_file``, the counters as JSON for tools. Must be started and stopped on the
+    same running event loop.
     """
 
     def __init__(self, artifact: Artifact, config: ServerConfig, device: str = "cpu") -> None:
@@ -121,6 +121,12 @@ class DefenseServer:
                                         QueryBudget(config.query_budget))
         self._health = health.aio.HealthServicer()
         self._server: grpc.aio.Server | None = None
+        self._started_s: float | None = None
+        self._stopped = asyncio.Event()
+        self._reporter: asyncio.Task | None = None
+        self._writing = asyncio.Lock()  # snapshots reach the file in the order they were taken
+        self._snapshot_requests = 0
+        self._snapshots: set[asyncio.Task] = set()
 
     async def start(self) -> int:
         """Listen (health NOT_SERVING until :meth:`warm_up`) and return the bound port."""
@@ -139,44 +145,90 @@ class DefenseServer:
             raise OSError(f"cannot listen on {address}: {err}") from err
         await server.start()
         self._server = server
+        self._started_s = time.monotonic()
         return port
 
     async def warm_up(self) -> None:
-        """One forward at the full batch size (allocations, kernel choice), then report SERVING.
+        """One forward at the full batch size (allocations, kernel choice), then report SERVING and start counting.
 
         It runs through the batcher, on the thread that runs every forward: an OpenMP team started
         from any other thread makes libgomp count more threads than cores and stop spinning, which
         made every later forward on 2 cores about twice as slow (docs/benchmarks.md, bench/server.py).
+        The first stats file is written here, before SERVING, so a path that cannot be written
+        fails the start (``OSError``) rather than every report after it.
         """
         h, w, c = self._artifact.input_shape
         zeros = np.zeros((self.config.max_batch_size, h, w, c), dtype=np.uint8)
         await asyncio.wrap_future(self.batcher.submit(zeros))
+        self.batcher.reset_stats()  # the counters describe traffic; a batch of zeros at max size is none of it
+        await self._write_stats()  # before SERVING: whoever waits for SERVING finds the file
         for name in ("", SERVICE):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self._reporter = asyncio.create_task(self._report())
 
     async def stop(self, grace_s: float | None = None) -> None:
-        """Report NOT_SERVING, refuse new calls, let in-flight ones finish (up to the grace period)."""
+        """Report NOT_SERVING, refuse new calls, let in-flight ones finish (up to the grace period).
+
+        Reports go on through the drain; the stats file's last write follows it, so it counts
+        every call the server answered.
+        """
         await self._health.enter_graceful_shutdown()
         if self._server is not None:
             await self._server.stop(self.config.grace_s if grace_s is None else grace_s)
         await asyncio.to_thread(self.batcher.close)
+        self._stopped.set()
+        if self._reporter is not None:
+            await self._reporter
+            await self._write_stats()
 
-    async def log_throughput(self, interval_s: float = 1.0) -> None:
-        """Every ``interval_s``, one line of throughput and errors, only if there was traffic."""
-        counters = self.servicer.counters
-        last, stats, then = replace(counters), self.batcher.stats, time.monotonic()
+    def stats(self) -> ServerStats:
+        """The counters now (fields: :class:`defense.stats.ServerStats`); call it on the server's event loop."""
+        counters, batches = self.servicer.counters, self.batcher.stats
+        return ServerStats(requests=counters.requests, images=counters.images, errors=counters.errors,
+                           batches=batches.batches, batch_images=batches.images, largest_batch=batches.largest,
+                           model_s=batches.model_s, answer_s=counters.answer_s,
+                           uptime_s=0.0 if self._started_s is None else time.monotonic() - self._started_s,
+                           snapshot_requests=self._snapshot_requests)
+
+    def request_snapshot(self) -> None:
+        """Write the counters now (the SIGUSR1 handler): the snapshot counts every call answered before it."""
+        self._snapshot_requests += 1
+        task = asyncio.get_running_loop().create_task(self._write_stats())
+        self._snapshots.add(task)
+        task.add_done_callback(self._snapshots.discard)
+
+    async def _write_stats(self) -> None:
+        """The counters to ``config.stats_file``, if one is set, off the event loop (the write fsyncs).
+
+        The snapshot is taken inside the lock, so a later snapshot never lands before an earlier one.
+        """
+        if self.config.stats_file is not None:
+            async with self._writing:
+                await asyncio.to_thread(self.stats().write, self.config.stats_file)
+
+    async def _report(self) -> None:
+        """Until :meth:`stop`: every interval with traffic, one log line about it and the counters to the stats
+        file (a failed write is logged and the server serves on)."""
+        last = self.stats()
         while True:
-            await asyncio.sleep(interval_s)
-            now, now_stats = time.monotonic(), self.batcher.stats
-            images, requests = counters.images - last.images, counters.requests - last.requests
-            errors, batches = counters.errors - last.errors, now_stats.batches - stats.batches
-            if requests or errors:
+            try:
+                await asyncio.wait_for(self._stopped.wait(), INTERVAL_S)
+                return
+            except TimeoutError:
+                pass
+            now = self.stats()
+            new = now.since(last)
+            if new.requests or new.errors:
                 log.info("%.0f images/s, %d requests (%.2f ms each in the server), %d errors, "
                          "%d batches (mean %.1f images, %.2f ms in the model)",
-                         images / (now - then), requests, (counters.answer_s - last.answer_s) * 1e3 / max(requests, 1),
-                         errors, batches, (now_stats.images - stats.images) / max(batches, 1),
-                         (now_stats.model_s - stats.model_s) * 1e3 / max(batches, 1))
-            last, stats, then = replace(counters), now_stats, now
+                         new.images / new.uptime_s, new.requests, new.answer_s * 1e3 / max(new.requests, 1),
+                         new.errors, new.batches, new.batch_images / max(new.batches, 1),
+                         new.model_s * 1e3 / max(new.batches, 1))
+                try:
+                    await self._write_stats()
+                except OSError as err:
+                    log.warning("cannot write the stats file: %s", err)
+            last = now
 
 
 async def serve(artifact: Artifact, config: ServerConfig, device: str = "cpu") -> None:
@@ -185,14 +237,13 @@ async def serve(artifact: Artifact, config: ServerConfig, device: str = "cpu") -
     for sig in (signal.SIGTERM, signal.SIGINT):
         asyncio.get_running_loop().add_signal_handler(sig, stopping.set)
     server = DefenseServer(artifact, config, device)
+    asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, server.request_snapshot)
     port = await server.start()
     log.info("listening on %s:%d (%s, %s x %s x %s, %d classes, device %s)", config.host, port,
              artifact.manifest["arch"], *artifact.input_shape, artifact.num_classes, device)
     await server.warm_up()
-    log.info("model warmed up; SERVING")
-    reporter = asyncio.create_task(server.log_throughput())
+    log.info("model warmed up; SERVING%s", f"; counters in {config.stats_file}" if config.stats_file else "")
     await stopping.wait()
     log.info("signal received: draining in-flight calls (grace %.1f s)", config.grace_s)
-    reporter.cancel()
     await server.stop()
     log.info("stopped")

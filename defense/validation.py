@@ -5,7 +5,7 @@ status, and tests exercise every rule without a network.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import grpc
 import numpy as np

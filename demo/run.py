@@ -30,10 +30,11 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
-ROOT = Path(__file__).resolve().parent.parent
-
+from avc_common import __version__
 from avc_common.atomic import atomic_open, atomic_write_text
 from defense.process import ServerProcess, free_port, wait_serving
+
+ROOT = Path(__file__).resolve().parent.parent
 
 SCORED = ("natural", "trades")
 SURROGATES = ("surrogate-pgd", "surrogate-natural")
@@ -92,7 +93,7 @@ def train(model: str, args: argparse.Namespace, settings: Settings) -> dict[str,
         argv = ["training/train_tiny.py", "--recipe", "fmnist-cpu", *LOSS_FLAGS[model],
                 "--epochs", str(settings.epochs[model]), "--train-images", str(settings.train_images),
                 "--eval-images", str(settings.eval_images), "--final-eval-images", str(settings.final_eval_images),
-                "--output-dir", str(out), "--resume", "--no-progress"]
+                "--output", str(out), "--resume", "--no-progress"]
         if args.data:
             argv += ["--data", str(args.data)]
         run_stage(f"train {model}", argv, out / "train.log", args.output / TIMINGS)
@@ -114,12 +115,12 @@ def score(model: str, args: argparse.Namespace, settings: Settings) -> dict[str,
     print(f"[serve {model}] $ {' '.join(serve[1:])}", flush=True)
     with ServerProcess(serve, ROOT) as server:
         wait_serving(server, f"127.0.0.1:{port}", timeout_s=120)
-        argv = ["attacks/score.py", "--target", f"127.0.0.1:{port}", "--data", "fashion_mnist",
+        argv = ["attacks/score.py", "--target", f"127.0.0.1:{port}", "--dataset", "fashion_mnist",
                 "--images", str(settings.score_images), "--budget", str(settings.budget), "--preset", "top5",
                 *(arg for s in SURROGATES for arg in ("--surrogate", str(args.output / s / "artifact"))), "--seed", "0",
                 "--output", str(out), "--no-progress"]
         if args.data:
-            argv += ["--data-dir", str(args.data)]
+            argv += ["--data", str(args.data)]
         run_stage(f"score {model}", argv, args.output / f"score-{model}.log", args.output / TIMINGS)
         server.stop()
     return json.loads(report.read_text())
@@ -143,7 +144,8 @@ def plot_cdf(distances: dict[str, list[float]], path: Path) -> None:
     ax = fig.subplots()
     for name, d in distances.items():
         d = sorted(d)
-        ax.step(d, [(i + 1) / len(d) for i in range(len(d))], where="post", label=f"{name} (median {statistics.median(d):.2f})")
+        ax.step(d, [(i + 1) / len(d) for i in range(len(d))], where="post",
+                label=f"{name} (median {statistics.median(d):.2f})")
     ax.set_xlabel("minimal L2 perturbation (pixels in [0, 1])")
     ax.set_ylabel("fraction of images fooled within")
     ax.set_title("Label-only attacks (top-5 suite) on Fashion-MNIST")
@@ -229,7 +231,8 @@ def main(argv: list[str] | None = None) -> int:
     plot_cdf({m: reports[m]["distances"] for m in SCORED}, args.output / "cdf.png")
     result = {"settings": {"quick": args.quick, **asdict(settings)}, "models": rows, "wall_s": wall,
               "stage_seconds": stages, "stages_total_s": total,
-              "trades_over_natural_mean_l2": ratio, "command": " ".join(["python", "demo/run.py", *(argv or sys.argv[1:])])}
+              "trades_over_natural_mean_l2": ratio, "trades_avc_version": __version__,
+              "command": " ".join(["python", "demo/run.py", *(argv or sys.argv[1:])])}
     atomic_write_text(args.output / "results.json", json.dumps(result, indent=2) + "\n")
     atomic_write_text(args.output / "results.md", f"# Demo results\n\n{text}\n\nTRADES / natural mean minimal L2: "
                                                    f"{ratio:.2f}x. Stages: {total / 60:.1f} min in all "

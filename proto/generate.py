@@ -7,11 +7,11 @@ which every Google Cloud client library depends on). protoc's virtual include pa
 ``from avc_common.rpc import defense_pb2``.
 
 Usage: ``python proto/generate.py [OUT_DIR]`` (default: the repository root; needs the
-``dev`` extra, which brings grpcio-tools).
+``dev`` extra, which brings grpcio-tools; ``--help`` explains).
 """
 from __future__ import annotations
 
-import sys
+import argparse
 from pathlib import Path
 
 from grpc_tools import protoc
@@ -33,6 +33,13 @@ def generate(out_dir: str | Path = ROOT) -> list[Path]:
     return [out_dir / PACKAGE / name for name in OUTPUTS]
 
 
-if __name__ == "__main__":
-    for path in generate(sys.argv[1] if len(sys.argv) > 1 else ROOT):
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python proto/generate.py", description=__doc__.split("\n")[0])
+    parser.add_argument("out_dir", nargs="?", type=Path, default=ROOT, metavar="OUT_DIR",
+                        help="where avc_common/rpc/ is written (default: the repository root, to commit the result)")
+    for path in generate(parser.parse_args().out_dir):
         print(path)
+
+
+if __name__ == "__main__":
+    main()

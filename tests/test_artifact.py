@@ -46,7 +46,7 @@ def test_corrupted_model_file_is_refused(saved, tmp_path):
     data = bytearray((dst / "model.pt2").read_bytes())
     data[len(data) // 2] ^= 0xFF
     (dst / "model.pt2").write_bytes(bytes(data))
-    with pytest.raises(ArtifactError, match="sha256 .* does not match"):
+    with pytest.raises(ArtifactError, match=r"sha256 .* does not match"):
         load_artifact(dst)
 
 

@@ -84,7 +84,7 @@ def linear_problem(side: int = 8, classes: int = 3, smooth: bool = False, n: int
     nearest = dist.argmin(axis=1)
     exact = dist[rows, nearest]
     minimiser = xf - exact[:, None] * normals[rows, nearest] / np.linalg.norm(normals[rows, nearest], axis=1)[:, None]
-    assert 0.05 < minimiser.min() and minimiser.max() < 0.95, "the [0, 1] box would bind"
+    assert minimiser.min() > 0.05 and minimiser.max() < 0.95, "the [0, 1] box would bind"
     linear = nn.Linear(d, classes, bias=False)
     linear.weight.data = torch.from_numpy(weights)
     return LinearProblem(TorchModel(nn.Sequential(nn.Flatten(), linear), ModelSpec(ImageShape(side, side, 1), classes)),

@@ -1,6 +1,7 @@
 """The batcher without a network: batches close when full or late, split and reassemble in order."""
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from concurrent.futures import CancelledError
@@ -87,6 +88,15 @@ def test_stats_count_the_time_spent_in_the_model():
     assert batcher.stats.batches == 2 and 0.04 <= batcher.stats.model_s <= wall
 
 
+def test_reset_stats_returns_the_counts_and_starts_again_from_zero():
+    with Batcher(FakeModel(), max_batch_size=4, max_delay_ms=0) as batcher:
+        batcher.submit(images_with_labels([1, 2, 3])).result(timeout=5)
+        before = batcher.reset_stats()
+        batcher.submit(images_with_labels([4])).result(timeout=5)
+    assert (before.batches, before.images, before.largest) == (1, 3, 3)
+    assert (batcher.stats.batches, batcher.stats.images, batcher.stats.largest) == (1, 1, 1)
+
+
 def test_requests_share_a_batch_across_a_split():
     model = FakeModel()
     with Batcher(model, max_batch_size=4, max_delay_ms=100) as batcher:
@@ -157,7 +167,7 @@ def test_same_image_same_label_alone_or_in_any_batch(exported_cnn):
             def submit(a: int, b: int) -> None:
                 futures.append((a, batcher.submit(images[a:b])))
 
-            submitters = [threading.Thread(target=submit, args=ab) for ab in zip(bounds[:-1], bounds[1:])]
+            submitters = [threading.Thread(target=submit, args=ab) for ab in itertools.pairwise(bounds)]
             for t in submitters:
                 t.start()
             for t in submitters:

@@ -104,7 +104,8 @@ def test_a_tampered_artifact_is_refused(tmp_path, artifact):
     for f in artifact.iterdir():
         (copied / f.name).write_bytes(f.read_bytes())
     (copied / "model.pt2").write_bytes(b"tampered")
-    [(field, message, _)] = _problems(tmp_path, crisp_doc(artifact) | {"artifact": {"path": str(copied), "sha256": "0" * 64}})
+    doc = crisp_doc(artifact) | {"artifact": {"path": str(copied), "sha256": "0" * 64}}
+    [(field, message, _)] = _problems(tmp_path, doc)
     assert field == "artifact.path" and "does not match the manifest" in message
 
 
@@ -145,7 +146,7 @@ def test_local_command_is_the_containers_with_local_paths(artifact):
 
 def test_check_passes_a_good_submission(tmp_path, artifact, images_dir, capsys):
     crisp = write_crisp(tmp_path / "crisp.yaml", crisp_doc(artifact))
-    code = main(["check", str(crisp), "--images", str(images_dir), "--json", str(tmp_path / "report.json"),
+    code = main(["check", str(crisp), "--data", str(images_dir), "--json", str(tmp_path / "report.json"),
                  "--throughput-images", "256"])
     out = capsys.readouterr().out
     assert code == 0, out
@@ -181,7 +182,7 @@ def test_check_refuses_an_invalid_submission_with_exit_2(tmp_path, artifact, ima
         images.mkdir()
         (images / "labels.yml").write_text("absent.npy: 3\n")
     crisp = write_crisp(tmp_path / "crisp.yaml", doc)
-    run = subprocess.run([sys.executable, "-m", "defense", "check", str(crisp), "--images", str(images)],
+    run = subprocess.run([sys.executable, "-m", "defense", "check", str(crisp), "--data", str(images)],
                          cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert run.returncode == 2, run.stdout + run.stderr
     assert "FAIL (invalid submission)" in run.stdout and "nothing was started" in run.stdout
@@ -195,5 +196,5 @@ def test_committed_crisp_yaml_is_well_formed():
     assert field_problems(doc) == []
     assert doc["artifact"]["path"] == "runs/fmnist-trades/artifact"
     _, problems = load(ROOT / "crisp.yaml")
-    assert all(p.field == "artifact.path" and "make train-fmnist-trades" in p.fix or p.field == "artifact.sha256"
+    assert all((p.field == "artifact.path" and "make train-fmnist-trades" in p.fix) or p.field == "artifact.sha256"
                for p in problems), problems

@@ -1,7 +1,7 @@
 """The Dockerfile: lint-clean, its exact ENTRYPOINT serves outside a container, and (slow, with podman)
 the image builds, comes up healthy behind its published port and answers what the model says.
 
-The slow test follows ../shared/CONTAINERS.md step by step: a stand-in for python:3.11-slim made
+The slow test follows docs/containers.md step by step: a stand-in for python:3.11-slim made
 with debootstrap (cached per machine), a build that mounts the host's pip config, CA bundle and
 local package folders, runc with cgroupfs, slirp4netns networking and raised ulimits.
 """
@@ -24,8 +24,8 @@ from dockerfile_parse import DockerfileParser
 from submission_fixtures import DOCKERFILE, ROOT, make_artifact, random_images
 
 from avc_common.artifact import load_artifact
-from avc_common.images import to_model_input
 from avc_common.rpc.client import DefenseClient, DefenseError
+from avc_common.tensors import to_model_input
 from defense.batcher import classify
 from defense.process import ServerProcess, free_port, wait_serving
 from defense.submission.check import local_command
@@ -63,7 +63,7 @@ def test_dockerfile_serves_cpu_torch_as_non_root_with_a_health_check():
     assert found["EXPOSE"] == ["50051"]
     assert found["USER"][-1].split(":")[0] not in ("0", "root")
     assert '"defense.health", "--target", "127.0.0.1:50051"' in found["HEALTHCHECK"][0]
-    entrypoint, cmd, _ = read_command(DOCKERFILE)
+    entrypoint, _, _ = read_command(DOCKERFILE)
     assert option(entrypoint, "--model") == "/opt/defense/model" and option(entrypoint, "--port") == "50051"
     pins = [line for line in (ROOT / "requirements-server.txt").read_text().splitlines() if line and line[0] != "#"]
     assert all("==" in line for line in pins), pins
@@ -96,7 +96,7 @@ LOGITS_SCRIPT = """
 import importlib, importlib.util, io, json, os, pkgutil, sys
 import numpy as np, torch
 from avc_common.artifact import load_artifact
-from avc_common.images import to_model_input
+from avc_common.tensors import to_model_input
 images = np.load(io.BytesIO(sys.stdin.buffer.read()))
 x = to_model_input(images)
 out = {"torch": torch.__version__, "uid": os.getuid(), "logits": {}, "unimportable": {},
@@ -116,9 +116,9 @@ print(json.dumps(out))
 
 
 class Podman:
-    """podman with the flags CONTAINERS.md found necessary here, over a throw-away store in ``ctr``."""
+    """podman with the flags docs/containers.md found necessary here, over a throw-away store in ``ctr``."""
 
-    ULIMITS = ["--ulimit", "nofile=20000:20000", "--ulimit", "nproc=32768:32768"]
+    ULIMITS = ("--ulimit", "nofile=20000:20000", "--ulimit", "nproc=32768:32768")
 
     def __init__(self, ctr: Path) -> None:
         self.ctr = ctr

@@ -9,7 +9,7 @@ import torch
 
 from avc_common.data.fashion_mnist import read_idx
 from avc_common.data.tiny_imagenet import DatasetLayoutError
-from training.augment import PRESETS
+from training.augment import AUGMENTATIONS
 from training.data import load_dataset
 
 
@@ -43,7 +43,7 @@ def test_unknown_dataset_names_the_choices():
 def test_standard_preset_shifts_and_flips_whole_pixels():
     torch.manual_seed(0)
     x = torch.rand(256, 3, 64, 64)
-    out = PRESETS["standard"](x)
+    out = AUGMENTATIONS["standard"](x)
     assert out.shape == x.shape
     values = set(x.flatten().tolist()) | {0.0}
     assert set(out[:8].flatten().tolist()) <= values  # exact integer shifts, zero fill
@@ -53,9 +53,9 @@ def test_standard_preset_shifts_and_flips_whole_pixels():
     assert 0.5 < changed.float().mean() <= 1.0
 
 
-@pytest.mark.parametrize("name", sorted(PRESETS))
+@pytest.mark.parametrize("name", sorted(AUGMENTATIONS))
 def test_presets_keep_pixel_range_and_device(name):
     x = torch.rand(32, 1, 28, 28)
-    out = PRESETS[name](x)
+    out = AUGMENTATIONS[name](x)
     assert out.shape == x.shape and out.min() >= 0 and out.max() <= 1
-    assert PRESETS["competition"].epoch_multiplier * 100_000 == 550_000
+    assert AUGMENTATIONS["competition"].epoch_multiplier * 100_000 == 550_000

@@ -13,9 +13,9 @@ from PIL import Image
 from torch import nn
 
 from attacks import ArtifactModel
-from attacks.scoring.evaldata import EvalDataError, load_eval_data
 from attacks.scoring import cli as score_cli
 from attacks.scoring import pipeline as scoring
+from attacks.scoring.evaldata import EvalDataError, load_eval_data
 from avc_common import __version__
 from avc_common.artifact import load_artifact, save_artifact
 from avc_common.data.evalset import write_folder
@@ -189,7 +189,7 @@ def test_a_server_killed_mid_run_gives_a_clear_error_and_a_resumable_report(arti
 
 def test_fashion_mnist_source_scores_the_first_test_images(artifact_dir, fmnist_dir, tmp_path):
     out = tmp_path / "out"
-    assert score("--model", artifact_dir, "--data", "fashion_mnist", "--data-dir", fmnist_dir, "--images", "3",
+    assert score("--model", artifact_dir, "--dataset", "fashion_mnist", "--data", fmnist_dir, "--images", "3",
                  "--no-reference", "--output", out, *CHEAP) == 0
     _, labels = load_fashion_split(fmnist_dir, "test")
     assert [(i["index"], i["label"]) for i in read(out)["images"]] == list(enumerate(labels[:3].tolist()))
@@ -207,7 +207,7 @@ def test_tiny_imagenet_val_layout_loads_and_a_shape_mismatch_is_explained(tmp_pa
     assert data.images.shape == (2, 64, 64, 3) and data.labels.tolist() == [1, 0]
     with pytest.raises(EvalDataError, match=r"images are 64 x 64 x 3 but the model takes 28 x 28 x 1"):
         load_eval_data("tiny_imagenet", root, SHAPE, 2, progress=False)
-    with pytest.raises(EvalDataError, match="needs --data-dir"):
+    with pytest.raises(EvalDataError, match="needs --data DIR"):
         load_eval_data("tiny_imagenet", None, (64, 64, 3), 2)
 
 

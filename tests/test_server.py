@@ -1,7 +1,6 @@
 """The gRPC server end to end on loopback: labels, refusals, budget, batching, health, reflection, SIGTERM."""
 from __future__ import annotations
 
-import asyncio
 import os
 import queue
 import re
@@ -27,7 +26,8 @@ from avc_common.rpc import defense_pb2, defense_pb2_grpc
 from avc_common.rpc.client import BudgetExhaustedError, DefenseClient, ServerUnavailableError
 from defense.batcher import classify
 from defense.cli import main
-from defense.server import THROUGHPUT_LOG
+from defense.process import ServerProcess, free_port, wait_serving
+from defense.stats import INTERVAL_S, ServerStats, fresh
 
 ROOT = Path(__file__).resolve().parent.parent
 NBYTES = 28 * 28
@@ -87,7 +87,8 @@ def test_predictions_equal_the_in_process_model(client, artifact):
 
 def test_model_info(client):
     spec = client.info()
-    assert spec.model.shape == SHAPE and spec.model.num_classes == 10 and spec.class_names == tuple(f"c{i}" for i in range(10))
+    assert spec.model.shape == SHAPE and spec.model.num_classes == 10
+    assert spec.class_names == tuple(f"c{i}" for i in range(10))
     assert spec.max_images_per_request == 256 and spec.budget_total == 0 and spec.budget_remaining == -1
 
 
@@ -123,7 +124,7 @@ def test_random_requests_get_labels_or_a_clean_refusal(stub, artifact, images):
         if err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
             assert len(images) > 256
         else:
-            assert err.code() == INVALID and EXPECTED in err.details()
+            assert err.code() == INVALID and EXPECTED in err.details()  # noqa: PT017 - the property holds per input
     else:
         assert len(reply.labels) == len(images) and all(0 <= label < 10 for label in reply.labels)
     assert_good_request_succeeds(stub, artifact)
@@ -161,9 +162,9 @@ def test_client_checks_shape_and_dtype(client):
 
 
 def test_client_gives_up_on_an_unreachable_server():
-    with DefenseClient("127.0.0.1:1", timeout_s=0.2, retries=2, backoff_s=0.01) as c:
-        with pytest.raises(ServerUnavailableError) as caught:
-            c.info()
+    with DefenseClient("127.0.0.1:1", timeout_s=0.2, retries=2, backoff_s=0.01) as c, \
+            pytest.raises(ServerUnavailableError) as caught:
+        c.info()
     assert caught.value.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
 
@@ -255,17 +256,39 @@ def test_sigterm_lets_the_in_flight_call_finish_and_exits_0(artifact_dir, artifa
         proc.wait()
 
 
-def test_throughput_log_line_reports_the_server_and_model_time_per_call(live, client, caplog):
-    # bench/server.py splits a call's latency with these figures: lone requests wait out the
-    # 5 ms batching delay, so the server's time per request exceeds it and the model's time.
-    caplog.set_level("INFO", logger="defense.server")
-    ticker = asyncio.run_coroutine_threadsafe(live.server.log_throughput(interval_s=0.3), live.loop)
-    try:
-        deadline = time.monotonic() + 10
-        while "requests (" not in caplog.text and time.monotonic() < deadline:
-            client.predict(random_images(1, seed=5))
-    finally:
-        ticker.cancel()
-    match = THROUGHPUT_LOG.search(caplog.text)
-    assert match and int(match["errors"]) == 0, caplog.text
-    assert int(match["requests"]) >= 1 and float(match["answer_ms"]) >= 5 > float(match["model_ms"])
+def read_stats_until(path: Path, done, timeout_s: float = 5 * INTERVAL_S) -> ServerStats:
+    """The stats file's counters once ``done(stats)`` holds (the server rewrites it about once a second)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        stats = ServerStats.read(path)
+        if done(stats) or time.monotonic() > deadline:
+            return stats
+        time.sleep(0.05)
+
+
+def test_stats_file_counts_the_traffic_sent_while_serving_and_at_shutdown(artifact_dir, tmp_path):
+    # bench/server.py splits a call's latency with these counters: they are an interface, the log line is not.
+    stats_file, port = tmp_path / "stats.json", free_port()
+    argv = [sys.executable, "-m", "defense", "serve", "--model", str(artifact_dir), "--host", "127.0.0.1",
+            "--port", str(port), "--max-batch-size", "4", "--threads", "1", "--stats-file", str(stats_file)]
+    with ServerProcess(argv, cwd=ROOT) as server:
+        wait_serving(server, f"127.0.0.1:{port}", timeout_s=60)
+        at_start = ServerStats.read(stats_file)  # written before SERVING
+        assert (at_start.requests, at_start.batches, at_start.batch_images) == (0, 0, 0)  # the warm-up is not traffic
+        with DefenseClient(f"127.0.0.1:{port}", timeout_s=10) as client:
+            for n in (1, 2, 7):  # one after another: batches of 1, 2, then 4 + 3
+                client.predict(random_images(n))
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel, pytest.raises(grpc.RpcError):
+            defense_pb2_grpc.DefenseStub(channel).Predict(defense_pb2.PredictRequest(images=[b"\0"]), timeout=10)
+        stats = read_stats_until(stats_file, lambda s: s.errors == 1)
+        assert (stats.requests, stats.images, stats.errors) == (3, 10, 1), server.log_tail()
+        assert (stats.batches, stats.batch_images, stats.largest_batch) == (4, 10, 4)
+        assert 0 < stats.model_s < stats.answer_s and stats.uptime_s > at_start.uptime_s
+        with DefenseClient(f"127.0.0.1:{port}", timeout_s=10) as client:
+            client.predict(random_images(5))
+            now = fresh(stats_file, server.proc.pid)  # SIGUSR1: a snapshot at once, with the call just answered
+            assert (now.requests, now.images, now.snapshot_requests) == (4, 15, 1)
+            assert client.health() == "SERVING"  # the signal asked for a snapshot; it did not stop the server
+        assert server.stop() == 0
+    final = ServerStats.read(stats_file)  # written after the drain: the last call is counted
+    assert (final.requests, final.images, final.errors, final.batches) == (4, 15, 1, 6)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import fnmatch
+import subprocess
 import sys
 from pathlib import Path
 
@@ -72,3 +73,12 @@ def test_every_copied_module_imports_only_what_the_image_installs():
             if name not in internal and name.rsplit(".", 1)[0] not in internal:
                 bad.setdefault(path.as_posix(), []).append(name)
     assert bad == {}, f"modules in the server image import what it lacks: {bad}"
+
+
+def test_the_health_probe_does_not_import_torch():
+    """The image's HEALTHCHECK runs `python -m defense.health` every 30 s: it must stay a light gRPC call."""
+    code = ("import runpy, sys; sys.argv = ['x', '--help']\n"
+            "try: runpy.run_module('defense.health', run_name='__main__')\n"
+            "except SystemExit: pass\nprint('torch' in sys.modules)")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert run.returncode == 0 and run.stdout.strip().splitlines()[-1] == "False", run.stdout + run.stderr

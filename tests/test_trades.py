@@ -11,13 +11,13 @@ from training.pgd import pgd_attack, project
 from training.trades import LOSSES, AttackConfig, trades_adversary, trades_loss
 
 
-@pytest.fixture()
+@pytest.fixture
 def model() -> torch.nn.Module:
     torch.manual_seed(0)
     return create_model("small_cnn", 10, 1, [0.5], [0.25], drop_rate=0.0)
 
 
-@pytest.fixture()
+@pytest.fixture
 def batch() -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(1)
     x = torch.rand(16, 1, 28, 28, generator=g)
@@ -52,7 +52,7 @@ def test_trades_adversary_increases_kl(model, batch):
 
 def test_beta_zero_is_cross_entropy(model, batch):
     x, y = batch
-    loss, logits = trades_loss(model, x, y, AttackConfig(beta=0.0))
+    loss, _ = trades_loss(model, x, y, AttackConfig(beta=0.0))
     assert torch.allclose(loss, F.cross_entropy(model(x), y))
     assert model.training
 

@@ -23,7 +23,7 @@ def common_args(data: Path, out: Path, epochs: int = 2) -> list[str]:
     return ["--dataset", "fashion_mnist", "--data", str(data), "--arch", "small_cnn",
             "--epsilon", "0.1", "--step-size", "0.03", "--steps", "2", "--lr", "0.05",
             "--batch-size", "32", "--epochs", str(epochs), "--eval-images", "64",
-            "--final-eval-images", "64", "--output-dir", str(out), "--no-progress"]
+            "--final-eval-images", "64", "--output", str(out), "--no-progress"]
 
 
 def test_train_exports_artifact_with_metrics(fmnist_dir, tmp_path, capsys):
@@ -58,7 +58,7 @@ def test_kill_and_resume_ends_with_same_weights(fmnist_dir, tmp_path):
     assert train_tiny.main(args + ["--no-export"]) == 0
 
     killed = tmp_path / "killed"
-    args[args.index("--output-dir") + 1] = str(killed)
+    args[args.index("--output") + 1] = str(killed)
     proc = subprocess.Popen([sys.executable, str(ROOT / "training" / "train_tiny.py"), *args, "--no-export"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
@@ -98,7 +98,7 @@ def test_two_process_ddp_training_runs(fmnist_dir, tmp_path):
 
 
 def test_bad_data_folder_fails_clearly(tmp_path, capsys):
-    code = train_tiny.main(["--dataset", "fashion_mnist", "--data", str(tmp_path), "--output-dir",
+    code = train_tiny.main(["--dataset", "fashion_mnist", "--data", str(tmp_path), "--output",
                             str(tmp_path / "out"), "--arch", "small_cnn"])
     assert code == 2
     err = capsys.readouterr().err
@@ -120,7 +120,7 @@ def test_evaluate_reports_ce_cw_and_worst_case(fmnist_dir, tmp_path, capsys):
     train_tiny.main(common_args(fmnist_dir, tmp_path, epochs=1))
     out = tmp_path / "eval.json"
     code = evaluate.main(["--model", str(tmp_path / "artifact"), "--data", str(fmnist_dir),
-                          "--steps", "5", "--output", str(out), "--no-progress"])
+                          "--steps", "5", "--json", str(out), "--no-progress"])
     assert code == 0
     result = json.loads(out.read_text())
     assert result["images"] == 128 and result["attack"]["epsilon"] == 0.1

@@ -77,7 +77,7 @@ class AugmentPreset:
         return ((x * brightness - mean) * contrast + mean).clamp(0.0, 1.0)
 
 
-PRESETS: dict[str, AugmentPreset] = {
+AUGMENTATIONS: dict[str, AugmentPreset] = {
     "none": AugmentPreset("none"),
     "standard": AugmentPreset("standard", shift_fraction=1 / 16, flip=True),
     "competition": AugmentPreset("competition", epoch_multiplier=5.5, shift_fraction=1 / 8,

@@ -1,4 +1,4 @@
-"""Datasets as in-memory uint8 arrays (DESIGN.md pixel convention) behind one registry.
+"""Datasets as in-memory uint8 arrays (docs/architecture.md "Pixel convention") behind one registry.
 
 Every dataset loads into :class:`ImageDataset`: HWC uint8 train/test images, int64
 labels, class names and the normalisation statistics the model bakes in. Epochs then
@@ -6,9 +6,9 @@ index memory; no per-image Python work happens during training.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 

@@ -3,14 +3,14 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 import torch
 from torch import nn
 from tqdm import tqdm
 
-from avc_common.images import to_model_input
+from avc_common.tensors import to_model_input
 from training.augment import AugmentPreset
 from training.pgd import pgd_attack
 from training.trades import AttackConfig

@@ -5,7 +5,8 @@
 
 Runs PGD with every loss in ``--losses`` (CE and the CW margin by default), ``--restarts``
 random starts each, and reports each attack's accuracy and the per-image worst case.
-Writes JSON (``--output``, or stdout with ``--json``). Exit codes: 0 done, 2 bad input.
+Prints a summary; ``--json PATH`` also writes the result as JSON (``--json -``: to stdout,
+the summary then to stderr). Exit codes: 0 done, 2 bad input.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,36 +22,49 @@ import torch
 from torch import nn
 
 from avc_common.artifact import MANIFEST_FILE, ArtifactError, load_artifact
-from avc_common.atomic import atomic_write_text
+from avc_common.cli import (
+    HelpFormatter,
+    add_data,
+    add_device,
+    add_json,
+    add_progress,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    program,
+    text_stream,
+    write_json,
+)
 from avc_common.data.tiny_imagenet import DatasetLayoutError
 from training.checkpoint import load_checkpoint
 from training.data import load_dataset
 from training.engine import Runtime, evaluate_accuracy
 from training.models import create_model
-from training.pgd import LOSSES, NORMS
+from training.pgd import ATTACK_LOSSES, NORMS
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model", type=Path, required=True,
+    p = argparse.ArgumentParser(prog=program("python training/evaluate.py"), description=__doc__.split("\n")[0],
+                                epilog="Exit codes: 0 done, 2 bad input.", formatter_class=HelpFormatter)
+    p.add_argument("--model", type=Path, required=True, metavar="PATH",
                    help="artifact folder (model.pt2 + manifest.json) or checkpoint.pt from train_tiny.py")
-    p.add_argument("--data", type=Path, default=None, help="data folder (default: the data set's usual place)")
-    p.add_argument("--images", type=int, default=0, help="evaluate the first N test images (0 = all)")
+    add_data(p, "data folder (default: the data set's usual place)")
+    p.add_argument("--images", metavar="N", type=non_negative_int, default=0,
+                   help="evaluate the first N test images (0 = all)")
     p.add_argument("--norm", choices=NORMS, default="linf", help="threat model")
-    p.add_argument("--epsilon", type=float, default=None,
+    p.add_argument("--epsilon", type=non_negative_float, default=None,
                    help="radius (default: the training epsilon recorded with the model)")
-    p.add_argument("--step-size", type=float, default=None, help="PGD step size (default: epsilon / 10)")
-    p.add_argument("--steps", type=int, default=20, help="PGD steps")
-    p.add_argument("--restarts", type=int, default=1, help="random restarts per attack")
-    p.add_argument("--losses", nargs="+", choices=sorted(LOSSES), default=["ce", "cw"],
+    p.add_argument("--step-size", type=positive_float, default=None, help="PGD step size (default: epsilon / 10)")
+    p.add_argument("--steps", metavar="K", type=positive_int, default=20, help="PGD steps")
+    p.add_argument("--restarts", metavar="N", type=positive_int, default=1, help="random restarts per attack")
+    p.add_argument("--losses", nargs="+", choices=sorted(ATTACK_LOSSES), default=["ce", "cw"],
                    help="attack losses; the worst case over them is reported too")
-    p.add_argument("--batch-size", type=int, default=500, help="images per batch")
-    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:N")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random starts")
-    p.add_argument("--output", type=Path, default=None, help="write the JSON result here")
-    p.add_argument("--json", action="store_true", help="print the JSON result to stdout")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--batch-size", metavar="N", type=positive_int, default=500, help="images per batch")
+    add_device(p)
+    p.add_argument("--seed", type=non_negative_int, default=0, help="seed of the random starts")
+    add_json(p, "the JSON result")
+    add_progress(p)
     return p
 
 
@@ -69,8 +84,7 @@ def load_model(path: Path, device: torch.device) -> tuple[nn.Module, dict[str, A
 
 
 def evaluate(args: argparse.Namespace) -> dict[str, Any]:
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" \
-        else torch.device(args.device)
+    device = args.device
     torch.manual_seed(args.seed)
     model, info = load_model(args.model, device)
     data = load_dataset(info["dataset"], args.data)
@@ -82,7 +96,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     start = time.perf_counter()
     metrics = evaluate_accuracy(model, images, labels, Runtime(device), args.batch_size, eps, step,
                                 args.steps, args.norm, tuple(args.losses), args.restarts,
-                                progress=not args.no_progress)
+                                progress=args.progress)
     return {"model": str(args.model), "dataset": info["dataset"], "arch": info["arch"],
             "images": len(images), "attack": {"norm": args.norm, "epsilon": eps, "step_size": step,
                                                "steps": args.steps, "restarts": args.restarts,
@@ -90,30 +104,26 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
             **metrics, "seconds": round(time.perf_counter() - start, 2)}
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python training/evaluate.py`` / ``avc-evaluate``: print (and ``--json``) the result; the exit status."""
     args = build_parser().parse_args(argv)
     try:
         result = evaluate(args)
     except (ArtifactError, DatasetLayoutError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    text = json.dumps(result, indent=2)
-    if args.output:
-        atomic_write_text(args.output, text + "\n")
-    if args.json:
-        print(text)
-    else:
-        a = result["attack"]
-        print(f"{result['arch']} on {result['dataset']}, {result['images']} test images")
-        print(f"clean accuracy        {result['clean_accuracy']:.4f}")
-        for name in a["losses"]:
-            key = f"pgd_accuracy_{name}" if len(a["losses"]) > 1 else "pgd_accuracy"
-            if key in result:
-                print(f"PGD-{a['steps']} {name:<3} accuracy {result[key]:.4f}")
-        if "pgd_accuracy" in result:
-            print(f"worst case accuracy   {result['pgd_accuracy']:.4f}  ({a['norm']} eps={a['epsilon']:g} "
-                  f"step={a['step_size']:g}, {a['restarts']} restart(s))")
-        print(f"{result['seconds']:.1f}s" + (f"; JSON: {args.output}" if args.output else ""))
+    write_json(args.json, json.dumps(result, indent=2) + "\n")
+    out, a = text_stream(args.json), result["attack"]
+    print(f"{result['arch']} on {result['dataset']}, {result['images']} test images", file=out)
+    print(f"clean accuracy        {result['clean_accuracy']:.4f}", file=out)
+    for name in a["losses"]:
+        key = f"pgd_accuracy_{name}" if len(a["losses"]) > 1 else "pgd_accuracy"
+        if key in result:
+            print(f"PGD-{a['steps']} {name:<3} accuracy {result[key]:.4f}", file=out)
+    if "pgd_accuracy" in result:
+        print(f"worst case accuracy   {result['pgd_accuracy']:.4f}  ({a['norm']} eps={a['epsilon']:g} "
+              f"step={a['step_size']:g}, {a['restarts']} restart(s))", file=out)
+    print(f"{result['seconds']:.1f}s" + (f"; JSON: {args.json}" if args.json else ""), file=out)
     return 0
 
 

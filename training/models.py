@@ -5,7 +5,7 @@ exported graph, the server and the attacks all see plain ``[0, 1]`` pixels.
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import timm
 import torch

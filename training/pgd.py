@@ -6,7 +6,7 @@ defined once.
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -55,7 +55,7 @@ def cw_margin_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return wrong - true
 
 
-LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+ATTACK_LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
     "ce": lambda logits, y: F.cross_entropy(logits, y, reduction="none"),
     "cw": cw_margin_loss,
 }
@@ -68,7 +68,7 @@ def pgd_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, s
 
     The model's mode is left as the caller set it. Only input gradients are computed.
     """
-    loss_fn = LOSSES[loss]
+    loss_fn = ATTACK_LOSSES[loss]
     best = None
     fooled = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
     for _ in range(restarts):

@@ -16,20 +16,32 @@ robust accuracy against 1/lambda). Exit codes: 0 done, 2 bad arguments or data, 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from matplotlib.figure import Figure
 
 from avc_common.atomic import atomic_open, atomic_write_text
+from avc_common.cli import (
+    HelpFormatter,
+    add_data,
+    add_output,
+    non_negative_float,
+    non_negative_int,
+    positive_int,
+    program,
+)
 from training import train_tiny
 
 RUN_RECORD = "sweep-run.json"
-# train_tiny.py flags the sweep sets itself for every run; passing them through would be ambiguous.
+# train_tiny.py flags the sweep sets itself for every run (--output is the sweep's own); passing them through
+# would be ambiguous.
 OWNED_FLAGS = ("--beta", "--loss", "--output-dir", "--resume", "--final-eval-images", "--recipe")
 
 
@@ -42,19 +54,21 @@ class RunFailed(RuntimeError):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    p = argparse.ArgumentParser(prog=program("python training/sweep.py"), description=__doc__.split("\n")[0],
+                                allow_abbrev=False, formatter_class=HelpFormatter,
                                 epilog="Any other flag is passed to every train_tiny.py run "
-                                       "(see `python training/train_tiny.py --help`), e.g. --threads 1 (best while other jobs hold the cores) or --lr 0.03.")
-    p.add_argument("--betas", type=float, nargs="+", default=[1.0, 2.0, 3.0, 4.0, 5.0],
-                   help="TRADES beta = 1/lambda values, one training run each")
-    p.add_argument("--epochs", type=int, default=2, help="training epochs of every run")
-    p.add_argument("--train-images", type=int, default=0, help="train on the first N training images (0 = all)")
-    p.add_argument("--eval-images", type=int, default=2000,
+                                       "(see `python training/train_tiny.py --help`), e.g. --threads 1 (best while "
+                                       "other jobs hold the cores) or --lr 0.03. Exit codes: 0 done, 2 bad arguments "
+                                       "or data, 1 a run failed.")
+    p.add_argument("--betas", type=non_negative_float, nargs="+", default=[1.0, 2.0, 3.0, 4.0, 5.0],
+                   help="distinct TRADES beta = 1/lambda values, one training run each")
+    p.add_argument("--epochs", metavar="N", type=positive_int, default=2, help="training epochs of every run")
+    p.add_argument("--train-images", metavar="N", type=non_negative_int, default=0,
+                   help="train on the first N training images (0 = all)")
+    p.add_argument("--eval-images", metavar="N", type=non_negative_int, default=2000,
                    help="test images (the same random subset for every beta) for clean and PGD-20 accuracy; 0 = all")
-    p.add_argument("--data", type=Path, default=None,
-                   help="Fashion-MNIST IDX folder (default: train_tiny.py's, /usr/share/datasets/fashion-mnist)")
-    p.add_argument("--output", type=Path, default=Path("runs/sweep"), help="one beta-B/ folder per run, plus the table")
+    add_data(p, "Fashion-MNIST IDX folder (default: train_tiny.py's, /usr/share/datasets/fashion-mnist)")
+    add_output(p, Path("runs/sweep"), "one beta-B/ folder per run and tradeoff.json/.md/.png")
     return p
 
 
@@ -62,7 +76,7 @@ def run_argv(beta: float, args: argparse.Namespace, extra: list[str]) -> list[st
     """The train_tiny.py command line of one beta's run."""
     argv = ["--recipe", "fmnist-cpu", *extra, "--loss", "trades", "--beta", f"{beta:g}",
             "--epochs", str(args.epochs), "--train-images", str(args.train_images), "--eval-images", "0",
-            "--final-eval-images", str(args.eval_images), "--output-dir", str(run_dir(args.output, beta)),
+            "--final-eval-images", str(args.eval_images), "--output", str(run_dir(args.output, beta)),
             "--resume", "--no-export"]
     return argv + (["--data", str(args.data)] if args.data else [])
 
@@ -106,8 +120,8 @@ def trend(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Whether clean accuracy falls and robust accuracy rises as 1/lambda grows (rows sorted by beta)."""
     clean = [r["clean_accuracy"] for r in rows]
     robust = [r["pgd_accuracy"] for r in rows]
-    return {"clean_falls_monotonically": all(a >= b for a, b in zip(clean, clean[1:])),
-            "robust_rises_monotonically": all(a <= b for a, b in zip(robust, robust[1:])),
+    return {"clean_falls_monotonically": all(a >= b for a, b in itertools.pairwise(clean)),
+            "robust_rises_monotonically": all(a <= b for a, b in itertools.pairwise(robust)),
             "clean_change": clean[-1] - clean[0], "robust_change": robust[-1] - robust[0]}
 
 
@@ -142,24 +156,23 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
         fig.savefig(f, format="png", dpi=120)
 
 
-def parse(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
+def parse(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str]]:
     """The sweep's own flags and the ones passed to train_tiny.py (checked against its parser)."""
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     owned = [flag for flag in extra if flag.split("=")[0] in OWNED_FLAGS]
     if owned:
         parser.error(f"{', '.join(owned)}: set by the sweep for every run (use --betas, --output, --eval-images)")
-    if args.epochs < 1 or args.train_images < 0 or args.eval_images < 0:
-        parser.error("--epochs must be >= 1, --train-images and --eval-images >= 0")
-    if any(b < 0 for b in args.betas) or len(set(args.betas)) != len(args.betas):
-        parser.error("--betas: expected distinct non-negative numbers")
+    if len(set(args.betas)) != len(args.betas):
+        parser.error("--betas: expected distinct numbers")
     if args.data is not None and not args.data.is_dir():
         parser.error(f"--data {args.data}: expected a folder with the Fashion-MNIST IDX files")
     train_tiny.parse_args(run_argv(args.betas[0], args, extra))  # an unknown flag exits 2 here, before any training
     return args, extra
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python training/sweep.py``: train (or reuse) every beta's run, write the table; the exit status."""
     args, extra = parse(argv)
     start = time.monotonic()
     try:

@@ -42,6 +42,7 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +51,19 @@ import torch
 from tqdm import tqdm
 
 from avc_common.atomic import atomic_write_text
+from avc_common.cli import (
+    HelpFormatter,
+    add_data,
+    add_output,
+    add_progress,
+    add_threads,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    program,
+    set_threads,
+)
 from avc_common.data.fashion_mnist import FASHION_MNIST_CLASSES
 from avc_common.data.tiny_imagenet import DatasetLayoutError
 from training.data import load_fashion_mnist
@@ -146,25 +160,25 @@ def binary_split(images: np.ndarray, labels: np.ndarray, negative: int,
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--classes", type=int, nargs=2, default=[1, 8], metavar=("NEG", "POS"),
-                   help="Fashion-MNIST classes labelled -1 and +1 (1 Trouser, 8 Bag: nearly linearly separable, "
-                        "like the paper's MNIST 1 vs 3)")
-    p.add_argument("--lambdas", type=float, nargs="+", default=[0.5, 1.0, 2.0, 4.0, 8.0],
+    p = argparse.ArgumentParser(prog=program("python training/theorem31.py"), description=__doc__.split("\n")[0],
+                                epilog="Exit codes: 0 done, 2 bad arguments or data.", formatter_class=HelpFormatter)
+    p.add_argument("--classes", type=non_negative_int, nargs=2, default=[1, 8], metavar=("NEG", "POS"),
+                   help="two different Fashion-MNIST classes labelled -1 and +1 (1 Trouser, 8 Bag: nearly linearly "
+                        "separable, like the paper's MNIST 1 vs 3)")
+    p.add_argument("--lambdas", type=positive_float, nargs="+", default=[0.5, 1.0, 2.0, 4.0, 8.0],
                    help="TRADES lambda values (the regulariser is phi(f(x)f(x')/lambda)), one model each")
-    p.add_argument("--epsilon", type=float, default=0.1, help="L-inf radius in [0,1] pixel scale")
-    p.add_argument("--epochs", type=int, default=30, help="training epochs per model (the paper: 30)")
-    p.add_argument("--lr", type=float, default=0.01, help="Adam peak learning rate (cosine schedule)")
-    p.add_argument("--batch-size", type=int, default=128, help="images per step")
-    p.add_argument("--train-images", type=int, default=0, help="use the first N training images of the two classes (0 = all)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the data order")
-    p.add_argument("--data", type=Path, default=None,
-                   help="Fashion-MNIST IDX folder (default: /usr/share/datasets/fashion-mnist)")
-    p.add_argument("--output", type=Path, default=Path("runs/theorem31"), help="theorem31.json and theorem31.md go here")
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch CPU threads (the steps are small matrix products: more threads only add overhead)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--epsilon", type=non_negative_float, default=0.1, help="L-inf radius in [0,1] pixel scale")
+    p.add_argument("--epochs", metavar="N", type=positive_int, default=30,
+                   help="training epochs per model (the paper: 30)")
+    p.add_argument("--lr", type=positive_float, default=0.01, help="Adam peak learning rate (cosine schedule)")
+    p.add_argument("--batch-size", metavar="N", type=positive_int, default=128, help="images per step")
+    p.add_argument("--train-images", metavar="N", type=non_negative_int, default=0,
+                   help="use the first N training images of the two classes (0 = all)")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="seed of the data order")
+    add_data(p, "Fashion-MNIST IDX folder (default: /usr/share/datasets/fashion-mnist)")
+    add_output(p, Path("runs/theorem31"), "theorem31.json and theorem31.md")
+    add_threads(p, default=1, why="; the steps are small matrix products: more threads only add overhead")
+    add_progress(p)
     return p
 
 
@@ -180,17 +194,14 @@ def table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python training/theorem31.py``: train the models, write the table; the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
     negative, positive = args.classes
-    if negative == positive or not all(0 <= c < len(FASHION_MNIST_CLASSES) for c in args.classes):
+    if negative == positive or not all(c < len(FASHION_MNIST_CLASSES) for c in args.classes):
         parser.error(f"--classes: expected two different class indices in 0..{len(FASHION_MNIST_CLASSES) - 1}")
-    if any(lam <= 0 for lam in args.lambdas) or args.epsilon < 0 or args.epochs < 1 or args.lr <= 0 \
-            or args.batch_size < 1 or args.train_images < 0 or args.threads < 1:
-        parser.error("expected --lambdas > 0, --epsilon >= 0, --epochs >= 1, --lr > 0, --batch-size >= 1, "
-                     "--train-images >= 0, --threads >= 1")
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     try:
         data = load_fashion_mnist(args.data)
     except DatasetLayoutError as err:
@@ -201,8 +212,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.train_images:
         train_x, train_y = train_x[:args.train_images], train_y[:args.train_images]
     test_x, test_y = binary_split(data.test_images, data.test_labels, negative, positive)
-    fit = dict(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed)
-    with tqdm(total=args.epochs * (1 + len(args.lambdas)), desc="training", disable=args.no_progress) as bar:
+    fit = {"epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size, "seed": args.seed}
+    with tqdm(total=args.epochs * (1 + len(args.lambdas)), desc="training", disable=not args.progress) as bar:
         natural = risks(*train_linear(train_x, train_y, args.epsilon, None, bar=bar, **fit),
                         test_x, test_y, args.epsilon, None)
         exact = empirical_bayes(test_x, test_y)

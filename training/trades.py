@@ -13,8 +13,8 @@ through the network once in the outer loss, not twice.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -78,8 +78,8 @@ def pgd_at_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: AttackC
                 attack_model: nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Madry et al. PGD adversarial training: cross-entropy on PGD-K examples from a random start."""
     model.eval()
-    x_adv = pgd_attack(model if attack_model is None else attack_model, x, y, cfg.epsilon, cfg.step_size, cfg.steps, cfg.norm, "ce",
-                       restarts=1)
+    x_adv = pgd_attack(model if attack_model is None else attack_model, x, y, cfg.epsilon, cfg.step_size, cfg.steps,
+                       cfg.norm, "ce", restarts=1)
     model.train()
     logits_adv = model(x_adv)
     return F.cross_entropy(logits_adv.float(), y), logits_adv

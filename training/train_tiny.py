@@ -6,7 +6,7 @@
 
 Every epoch writes an atomic checkpoint and a metrics line; ``--resume`` continues a
 killed run to the same weights. The run ends by exporting ``OUTPUT/artifact``
-(DESIGN.md "Model artifact") with the final white-box metrics.
+(docs/artifact.md) with the final white-box metrics.
 Exit codes: 0 done, 2 bad arguments or data, 1 anything else.
 """
 from __future__ import annotations
@@ -15,6 +15,7 @@ import argparse
 import json
 import math
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +25,25 @@ from torch.utils.data import DistributedSampler
 
 from avc_common.artifact import ArtifactError, save_artifact
 from avc_common.atomic import atomic_write_text
+from avc_common.cli import (
+    HelpFormatter,
+    add_alias,
+    add_data,
+    add_device,
+    add_output,
+    add_progress,
+    add_threads,
+    at_least,
+    fraction,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    program,
+    set_threads,
+)
 from avc_common.data.tiny_imagenet import DatasetLayoutError
-from training.augment import PRESETS
+from training.augment import AUGMENTATIONS
 from training.checkpoint import load_checkpoint, save_checkpoint, set_rng_state
 from training.data import DATASETS, ImageDataset, load_dataset
 from training.distributed import init_distributed, shutdown
@@ -44,83 +62,86 @@ RUN_DEFINING = ("dataset", "arch", "loss", "norm", "epsilon", "step_size", "step
 # Named sets of defaults (``--recipe``); flags given on the command line still win.
 # fmnist-cpu: the CPU recipe for Fashion-MNIST that docs/training.md explains choice by choice.
 RECIPES: dict[str, dict[str, Any]] = {
-    "fmnist-cpu": dict(dataset="fashion_mnist", arch="small_cnn", drop_rate=0.0, epsilon=0.1, step_size=0.025,
-                       steps=5, batch_size=128, lr=0.05, lr_schedule="onecycle", augment="none", precision="bf16",
-                       channels_last="on", eval_images=1000, eval_step_size=0.01, epochs=8),
+    "fmnist-cpu": {"dataset": "fashion_mnist", "arch": "small_cnn", "drop_rate": 0.0, "epsilon": 0.1,
+                   "step_size": 0.025, "steps": 5, "batch_size": 128, "lr": 0.05, "lr_schedule": "onecycle",
+                   "augment": "none", "precision": "bf16", "channels_last": "on", "eval_images": 1000,
+                   "eval_step_size": 0.01, "epochs": 8},
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(prog=program("python training/train_tiny.py"), description=__doc__.split("\n")[0],
+                                epilog="Exit codes: 0 done, 2 bad arguments or data, 1 anything else.",
+                                formatter_class=HelpFormatter)
     p.add_argument("--recipe", choices=sorted(RECIPES), default=None,
                    help="start from a named set of defaults (" + "; ".join(
                        f"{name}: " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in r.items())
                        for name, r in RECIPES.items()) + "); other flags override it")
     d = p.add_argument_group("data")
     d.add_argument("--dataset", choices=sorted(DATASETS), default="tiny_imagenet", help="training data set")
-    d.add_argument("--data", type=Path, default=None,
-                   help="data folder (Tiny ImageNet root with wnids.txt; Fashion-MNIST IDX files; "
-                        "Fashion-MNIST defaults to /usr/share/datasets/fashion-mnist)")
+    add_data(d, "data folder (Tiny ImageNet root with wnids.txt; Fashion-MNIST IDX files; "
+                "Fashion-MNIST defaults to /usr/share/datasets/fashion-mnist)")
     d.add_argument("--download", action="store_true", help="let torchvision download Fashion-MNIST into --data")
-    d.add_argument("--augment", choices=sorted(PRESETS), default="standard",
+    d.add_argument("--augment", choices=sorted(AUGMENTATIONS), default="standard",
                    help="batched on-device augmentation preset (competition = the 550k-image expanded set)")
-    d.add_argument("--train-images", type=int, default=0, help="use only the first N training images (0 = all)")
+    d.add_argument("--train-images", metavar="N", type=non_negative_int, default=0,
+                   help="use only the first N training images (0 = all)")
     m = p.add_argument_group("model and loss")
     m.add_argument("--arch", choices=sorted(MODELS), default="resnet18", help="network architecture")
-    m.add_argument("--drop-rate", type=float, default=None, help="dropout rate (default: the arch's own)")
+    m.add_argument("--drop-rate", type=fraction, default=None, help="dropout rate (default: the arch's own)")
     m.add_argument("--loss", choices=sorted(LOSSES), default="trades", help="training loss")
     m.add_argument("--norm", choices=NORMS, default="linf", help="threat model of the inner maximisation")
-    m.add_argument("--epsilon", type=float, default=0.031, help="perturbation radius in [0,1] pixel scale")
-    m.add_argument("--step-size", type=float, default=0.007, help="inner ascent step size")
-    m.add_argument("--steps", type=int, default=10, help="inner ascent steps K")
-    m.add_argument("--beta", type=float, default=6.0, help="TRADES beta = 1/lambda (robustness weight)")
+    m.add_argument("--epsilon", type=non_negative_float, default=0.031, help="perturbation radius in [0,1] pixel scale")
+    m.add_argument("--step-size", type=positive_float, default=0.007, help="inner ascent step size")
+    m.add_argument("--steps", metavar="K", type=positive_int, default=10, help="inner ascent steps K")
+    m.add_argument("--beta", type=non_negative_float, default=6.0, help="TRADES beta = 1/lambda (robustness weight)")
     o = p.add_argument_group("optimisation")
-    o.add_argument("--epochs", type=int, default=76, help="training epochs")
-    o.add_argument("--batch-size", type=int, default=128, help="images per step per process")
-    o.add_argument("--lr", type=float, default=0.1, help="peak learning rate (SGD)")
-    o.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
-    o.add_argument("--weight-decay", type=float, default=2e-4, help="SGD weight decay")
+    o.add_argument("--epochs", metavar="N", type=positive_int, default=76, help="training epochs")
+    o.add_argument("--batch-size", metavar="N", type=positive_int, default=128, help="images per step per process")
+    o.add_argument("--lr", type=positive_float, default=0.1, help="peak learning rate (SGD)")
+    o.add_argument("--momentum", type=fraction, default=0.9, help="SGD momentum")
+    o.add_argument("--weight-decay", type=non_negative_float, default=2e-4, help="SGD weight decay")
     o.add_argument("--lr-schedule", choices=("step", "cosine", "onecycle"), default="step",
                    help="per-iteration schedule: step decays at --lr-milestones; onecycle warms up then anneals")
-    o.add_argument("--lr-milestones", type=float, nargs="+", default=[0.75, 0.9],
+    o.add_argument("--lr-milestones", type=fraction, nargs="+", default=[0.75, 0.9],
                    help="step schedule: fractions of training at which the lr is multiplied by --lr-decay")
-    o.add_argument("--lr-decay", type=float, default=0.1, help="step schedule decay factor")
-    o.add_argument("--warmup-epochs", type=float, default=0.0, help="linear warm-up (step and cosine schedules)")
-    o.add_argument("--seed", type=int, default=0, help="seed for weights, data order and attacks")
+    o.add_argument("--lr-decay", type=positive_float, default=0.1, help="step schedule decay factor")
+    o.add_argument("--warmup-epochs", type=non_negative_float, default=0.0,
+                   help="linear warm-up (step and cosine schedules)")
+    o.add_argument("--seed", type=non_negative_int, default=0, help="seed for weights, data order and attacks")
     e = p.add_argument_group("evaluation")
-    e.add_argument("--eval-images", type=int, default=1000,
+    e.add_argument("--eval-images", metavar="N", type=non_negative_int, default=1000,
                    help="held-out test images evaluated after every epoch (0 = skip)")
-    e.add_argument("--final-eval-images", type=int, default=0,
+    e.add_argument("--final-eval-images", metavar="N", type=at_least(-1), default=0,
                    help="test images for the final evaluation stored in the artifact (0 = all, -1 = skip)")
-    e.add_argument("--eval-steps", type=int, default=20, help="PGD steps of the evaluation attack")
-    e.add_argument("--eval-epsilon", type=float, default=None, help="evaluation radius (default: --epsilon)")
-    e.add_argument("--eval-step-size", type=float, default=None,
+    e.add_argument("--eval-steps", metavar="K", type=positive_int, default=20,
+                   help="PGD steps of the evaluation attack")
+    e.add_argument("--eval-epsilon", type=non_negative_float, default=None,
+                   help="evaluation radius (default: --epsilon)")
+    e.add_argument("--eval-step-size", type=positive_float, default=None,
                    help="evaluation PGD step size (default: eval epsilon / 10)")
-    e.add_argument("--eval-batch-size", type=int, default=500, help="images per evaluation batch")
+    e.add_argument("--eval-batch-size", metavar="N", type=positive_int, default=500, help="images per evaluation batch")
     r = p.add_argument_group("runtime")
-    r.add_argument("--output-dir", type=Path, default=Path("runs/train"),
-                   help="checkpoint, metrics.jsonl, summary.json and artifact/ go here")
+    output = add_output(r, Path("runs/train"), "checkpoint.pt, metrics.jsonl, summary.json and artifact/")
+    add_alias(r, "--output-dir", output)
     r.add_argument("--resume", action="store_true", help="continue from OUTPUT/checkpoint.pt if present")
-    r.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:N")
+    add_device(r, what="training and evaluation")
     r.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
                    help="bf16 autocast for training (auto: bf16 on CUDA, fp32 on CPU); evaluation is fp32")
     r.add_argument("--channels-last", choices=("auto", "on", "off"), default="auto",
                    help="channels_last memory format (auto: on for CUDA)")
     r.add_argument("--compile", action="store_true", help="torch.compile the model")
-    r.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0 = torch's default)")
+    add_threads(r)
     r.add_argument("--no-export", action="store_true", help="skip the artifact export at the end")
-    r.add_argument("--no-progress", action="store_true", help="no progress bars (e.g. in logs)")
+    add_progress(r)
     return p
 
 
 def _runtime(args: argparse.Namespace) -> Runtime:
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" \
-        else torch.device(args.device)
-    cuda = device.type == "cuda"
+    cuda = args.device.type == "cuda"
     bf16 = args.precision == "bf16" or (args.precision == "auto" and cuda)
     channels_last = args.channels_last == "on" or (args.channels_last == "auto" and cuda)
-    return Runtime(device, bf16, channels_last)
+    return Runtime(args.device, bf16, channels_last)
 
 
 def _scheduler(args: argparse.Namespace, optimizer: torch.optim.Optimizer, iters_per_epoch: int):
@@ -154,7 +175,7 @@ def _evaluate(args, net, data, rt, n, desc) -> dict[str, float]:
     eps = args.eval_epsilon if args.eval_epsilon is not None else args.epsilon
     step = args.eval_step_size if args.eval_step_size is not None else eps / 10
     metrics = evaluate_accuracy(net, images, labels, rt, args.eval_batch_size, eps, step,
-                                args.eval_steps, args.norm, progress=not args.no_progress, desc=desc)
+                                args.eval_steps, args.norm, progress=args.progress, desc=desc)
     metrics.update(eval_images=len(images), eval_attack=f"PGD-{args.eval_steps} {args.norm} "
                    f"eps={eps:g} step={step:g}")
     return metrics
@@ -166,9 +187,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     ctx = init_distributed(rt.device)
     if rt.device.type == "cuda":
         rt = Runtime(torch.device("cuda", ctx.local_rank), rt.bf16, rt.channels_last)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    out = args.output_dir
+    set_threads(args.threads)
+    out = args.output
     torch.manual_seed(args.seed)
     data = load_dataset(args.dataset, args.data, args.download)
     train_x, train_y = torch.from_numpy(data.train_images), torch.from_numpy(data.train_labels)
@@ -182,7 +202,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     forward = torch.compile(net) if args.compile else net
     model = DistributedDataParallel(forward) if ctx.enabled else forward
     cfg = AttackConfig(args.epsilon, args.step_size, args.steps, args.beta, args.norm)
-    augment = PRESETS[args.augment]
+    augment = AUGMENTATIONS[args.augment]
     sampler = DistributedSampler(range(math.ceil(len(train_x) * augment.epoch_multiplier)),
                                  num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=args.seed)
     iters_per_epoch = math.ceil(len(sampler) / args.batch_size)
@@ -206,7 +226,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         if ctx.is_main:
             print(f"resumed {out / CHECKPOINT} after epoch {start_epoch}", file=sys.stderr)
     device_x, device_y = train_x.to(rt.device), train_y.to(rt.device)
-    show = ctx.is_main and not args.no_progress
+    show = ctx.is_main and args.progress
     for epoch in range(start_epoch, args.epochs):
         sampler.set_epoch(epoch)
         order = list(sampler)
@@ -220,7 +240,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             history.append(record)
             save_checkpoint(out / CHECKPOINT, model=net.state_dict(), optimizer=optimizer.state_dict(),
                             scheduler=scheduler.state_dict(), epoch=epoch + 1, history=history,
-                            args={k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()})
+                            args={k: str(v) if isinstance(v, (Path, torch.device)) else v
+                                  for k, v in vars(args).items()})
             atomic_write_text(out / METRICS, "".join(json.dumps(h) + "\n" for h in history))
             print(_epoch_line(record), file=sys.stderr)
         ctx.barrier()
@@ -262,16 +283,21 @@ def _print_summary(summary: dict[str, Any]) -> None:
     print(f"metrics: {Path(summary['output_dir']) / METRICS}  summary: {Path(summary['output_dir']) / SUMMARY}")
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """Command-line flags over the ``--recipe`` defaults over the parser's own defaults."""
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Command-line flags over the ``--recipe`` defaults over the parser's own defaults.
+
+    A first pass reads ``--recipe`` alone (the full parse then checks its value), so every
+    other flag is checked, and a deprecated spelling noted, once.
+    """
+    first = argparse.ArgumentParser(add_help=False)
+    first.add_argument("--recipe")
     parser = build_parser()
-    recipe = parser.parse_known_args(argv)[0].recipe
-    if recipe:
-        parser.set_defaults(**RECIPES[recipe])
+    parser.set_defaults(**RECIPES.get(first.parse_known_args(argv)[0].recipe, {}))
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python training/train_tiny.py`` / ``avc-train``: train, evaluate, export; returns the exit status."""
     args = parse_args(argv)
     try:
         summary = train(args)

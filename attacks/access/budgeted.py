@@ -8,9 +8,9 @@ attack's only job is to ask good questions.
 """
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator, Mapping
 
 import numpy as np
 
@@ -133,7 +133,7 @@ class BudgetedModel:
                       for i, tag in enumerate(state["tags"])}
 
     @contextmanager
-    def capped(self, limit: int | None) -> Iterator["BudgetedModel"]:
+    def capped(self, limit: int | None) -> Iterator[BudgetedModel]:
         """Within the block, each image may spend at most ``limit`` more queries (None: no extra cap)."""
         if limit is None:
             yield self
@@ -145,7 +145,7 @@ class BudgetedModel:
             self._caps.pop()
 
     @contextmanager
-    def tagged(self, tag: str) -> Iterator["BudgetedModel"]:
+    def tagged(self, tag: str) -> Iterator[BudgetedModel]:
         """Charge the block's queries and adversarials to ``tag`` in :attr:`stats` (and :attr:`best_tag`)."""
         previous, self.tag = self.tag, tag
         try:

@@ -7,15 +7,17 @@ they were asked about; per-image budgets and the best adversarial live in
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Protocol
 
 import numpy as np
 import torch
 
 from avc_common.artifact import load_artifact
-from avc_common.images import ModelSpec, to_model_input
+from avc_common.images import ModelSpec
 from avc_common.rpc.client import DefenseClient
+from avc_common.tensors import to_model_input
 
 
 class LabelOnlyModel(Protocol):
@@ -30,7 +32,8 @@ class LabelOnlyModel(Protocol):
 class TorchModel:
     """Any logits function of float N x C x H x W in [0, 1] (a torch module, a lambda) as a label-only model.
 
-    Runs in chunks of ``batch_size`` under ``torch.inference_mode`` on ``device``.
+    Runs in chunks of ``batch_size`` under ``torch.inference_mode`` on ``device``. ``net`` stays public: the
+    harness (never an attack) uses it for the white-box reference of a model it owns.
     """
 
     def __init__(self, net: Callable[[torch.Tensor], torch.Tensor], info: ModelSpec,

@@ -11,13 +11,13 @@ succeed. It is recomputed only for images whose point moved since the last step.
 
 With ``gradient_from="robust"`` only the adversarially trained surrogates give the
 gradient: against a robust target, a natural surrogate's gradient is a worse guess
-(measured in ``attacks/methods/suite.py``).
+(docs/benchmarks.md "Choosing the top5 preset").
 """
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch

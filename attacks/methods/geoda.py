@@ -18,11 +18,15 @@ HSJA's step from the boundary point along the local estimate, then bisects.
 ``prior`` (in probes) seeds the running sum with the direction from the clean image to the
 start. From a transfer start that direction is already a better normal than the first
 few dozen probes give, and without the seed the first iterations would walk away from
-it. It is worth 0 from a random start.
+it (measured: docs/history/2026-11-experiments.md "Six surrogates and a seeded GeoDA"). It is
+worth 0 from a random start.
 
-Chosen by measuring (Fashion-MNIST SmallCNN, 1000 queries, 40 held-out test images,
-median L2 natural / TRADES): GeoDA 0.50 / 1.24, Boundary Attack (tuned) 0.58 / 1.37,
-HSJA 0.64 / 1.53; SurFree (Maho et al., CVPR 2021) was tried too and lost to all three.
+Chosen by measuring on Fashion-MNIST SmallCNNs at 1000 queries per image: GeoDA finds
+smaller perturbations than the tuned Boundary Attack and HSJA on both the natural and the
+TRADES model, the best of the attacks that need no surrogates (current figures:
+docs/benchmarks.md "Choosing the top5 preset"). SurFree (Maho et al., CVPR 2021) was tried
+too and lost to all three (docs/history/2026-11-experiments.md "Tuning figures once quoted in
+the code").
 """
 from __future__ import annotations
 

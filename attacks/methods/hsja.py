@@ -8,9 +8,10 @@ Changes for a uint8 model: probes are at least ``min_probe`` uint8 levels RMS pe
 Fashion-MNIST CNNs, tune per model), the estimate uses the probe that was actually sent
 (after rounding and clipping), not the drawn one, and bisections stop at one uint8 step
 instead of the paper's theta. ``init_evals`` is 50, not the paper's 100 (its experiments
-run to 25k queries): at 1000 queries that buys about 8 iterations instead of 5 (median L2 on
-100 held-out Fashion-MNIST test images, natural / TRADES CNN: 0.50 / 1.59 with 100,
-0.47 / 1.48 with 50, 0.49 / 1.54 with 25; bench/attack_bench.py).
+run to 25k queries): at 1000 queries that buys about 8 iterations instead of 5, and gave
+smaller medians than 100 or 25 on both Fashion-MNIST CNNs (docs/history/2026-11-experiments.md
+"Tuning figures once quoted in the code"; today's HSJA figures: docs/benchmarks.md "Attacks
+against Foolbox 3 and the white-box reference").
 """
 from __future__ import annotations
 

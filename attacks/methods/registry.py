@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
-from typing import Sequence
+from collections.abc import Sequence
 
 from attacks.methods.base import Attack
 from attacks.methods.biased import BiasedBoundaryAttack

@@ -1,6 +1,6 @@
 """Named attack suites (presets): which attacks a score runs, with their hyperparameters and sources.
 
-A suite is data (STYLE.md, after Foolbox): a tuple of :class:`SuiteEntry`, each an
+A suite is data (CONTRIBUTING.md "House style", after Foolbox): a tuple of :class:`SuiteEntry`, each an
 ``ATTACKS`` name, its keyword arguments and the paper it comes from. Each attack of a
 suite gets its own per-image budget and the image's score is the minimum over them, so
 the best suites combine attacks that win on *different* images.
@@ -33,7 +33,6 @@ class SuiteEntry:
             isinstance(v, SuiteEntry) and v.needs_surrogates for v in self.kwargs.values())
 
 
-BOUNDARY = SuiteEntry("boundary", source="Brendel, Rauber & Bethge, Decision-Based Adversarial Attacks, ICLR 2018")
 HSJA = SuiteEntry("hsja", source="Chen, Jordan & Wainwright, HopSkipJumpAttack, IEEE S&P 2020")
 GEODA = SuiteEntry("geoda", source="Rahmati, Moosavi-Dezfooli, Frossard & Dai, GeoDA, CVPR 2020")
 BIASED = SuiteEntry("biased_boundary", source="Brunner, Diehl, Truong Le & Knoll, Guessing Smart: Biased Sampling "
@@ -47,15 +46,14 @@ TRANSFER_BIASED = SuiteEntry("transfer", {"refine": SuiteEntry("biased_boundary"
                                     "transfer start, then a Boundary Attack biased by an adversarially trained "
                                     "surrogate's gradient")
 
-# Chosen by measuring (bench/presets.py, command in its docstring): Fashion-MNIST SmallCNNs, natural
-# and TRADES, 100 correctly classified test images from index 5000, 1000 queries per image for each
-# attack on its own, surrogates one PGD-AT and five natural SmallCNNs. Median of the per-image
-# minimum, natural / TRADES: top5 0.305 / 1.084 (the best 5 of the 11 candidates measured gave
-# 0.300 / 1.077, within noise) and quick 0.308 / 1.140, against 0.417 / 1.286 for GeoDA alone, the
-# best label-only attack. The transfer start (0.308 / 1.140 alone) is the best single attack on the
-# natural model; on the TRADES one it ties with the transfer start refined by a Boundary Attack
-# biased by the PGD-AT surrogate's gradient (1.139 alone), the AVC winners' recipe, whose bias
-# misleads on the natural model (0.326 there).
+# Chosen by measuring (bench/presets.py; the figures, command and machine are in docs/benchmarks.md
+# "Choosing the top5 preset"): Fashion-MNIST SmallCNNs, natural and TRADES, 100 held-out test images,
+# 1000 queries per image for each attack on its own, surrogates one PGD-AT and five natural SmallCNNs,
+# scored by the median of the per-image minimum. top5 is within noise of the best five of the 11
+# candidates measured; quick, two of its attacks, comes within a few percent of it. GeoDA is the best
+# attack that needs no surrogates. The transfer start is the best single attack on the natural model;
+# on the TRADES one it ties with the transfer start refined by a Boundary Attack biased by the PGD-AT
+# surrogate's gradient, the AVC winners' recipe, whose bias misleads on the natural model.
 PRESETS: dict[str, tuple[SuiteEntry, ...]] = {
     "top5": (TRANSFER, GEODA, BIASED, HSJA, TRANSFER_BIASED),
     "quick": (TRANSFER, GEODA),

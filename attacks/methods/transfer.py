@@ -14,7 +14,8 @@ queries, and spent the rest refining with a boundary-type attack. Here:
 2. Then targeted MI-FGSM on the first (whole) ensemble toward each image's ``targets`` likeliest
    other classes under it, within the image's best distance so far (the largest radius if no line
    fooled it): the surrogates' nearest class is often not the target's, and a line toward the
-   right one is shorter (Fashion-MNIST CNNs, docs/benchmarks.md).
+   right one is shorter (Fashion-MNIST CNNs: docs/history/2026-11-experiments.md
+   "Targeted lines (kept), and what limits the refinement").
 3. Each candidate is a line from the clean image. The target is asked one question per
    line, at the current best distance along it (the full candidate while there is
    none): a line that is not adversarial there cannot improve on the best and costs

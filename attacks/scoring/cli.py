@@ -4,6 +4,7 @@
     python attacks/score.py --model runs/fmnist-trades/artifact \\
         --surrogate runs/surrogate/artifact --images 200 --output runs/score-trades
     python attacks/score.py --target HOST:PORT --data eval_folder/ --attacks hsja,geoda --pooled
+    python attacks/score.py --model DIR --dataset tiny_imagenet --data /data/tiny-imagenet-200
 
 Each attack gets the query budget on each image; an image's distance is the minimum over
 the attacks of the verified L2 on [0, 1]; the score is the mean and median over images
@@ -24,13 +25,13 @@ import shlex
 import sys
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import asdict
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from attacks import (
     ATTACKS,
@@ -43,13 +44,27 @@ from attacks import (
     build_suite,
     name_attacks,
 )
-from attacks.scoring.evaldata import SAMPLING, SOURCES, EvalDataError, load_eval_data, pick
+from attacks.scoring.evaldata import DATASETS, SAMPLING, EvalDataError, load_eval_data, pick
 from attacks.scoring.pipeline import ChunkResult, SuiteRun, collect, worst_case_l2
 from attacks.scoring.plots import plot_cdf, plot_gallery
 from attacks.scoring.report import RunInfo, build_results, console, markdown
 from attacks.whitebox.reference import minimal_l2
 from attacks.whitebox.surrogate import load_surrogate
 from avc_common.atomic import atomic_write_text
+from avc_common.cli import (
+    HelpFormatter,
+    add_data,
+    add_device,
+    add_json,
+    add_output,
+    add_progress,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    program,
+    text_stream,
+    write_json,
+)
 from avc_common.rpc.client import DefenseClient, DefenseError, ServerUnavailableError
 
 OK, FAILED, BAD_INPUT, MODEL_UNAVAILABLE, INTERRUPTED = 0, 1, 2, 3, 130
@@ -62,23 +77,23 @@ class BadInput(ValueError):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python attacks/score.py", description=__doc__.split("\n")[0],
+    p = argparse.ArgumentParser(prog=program("python attacks/score.py"), description=__doc__.split("\n")[0],
                                 epilog="Exit codes: 0 done, 1 failure, 2 bad input, 3 server unavailable "
                                        "(partial results saved; rerun to resume), 130 interrupted.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     model = p.add_mutually_exclusive_group(required=True)
     model.add_argument("--target", metavar="HOST:PORT", help="a defense server (label-only gRPC)")
     model.add_argument("--model", type=Path, metavar="DIR",
                        help="a model artifact folder, run in-process; also computes the white-box reference")
     d = p.add_argument_group("data")
-    d.add_argument("--data", default="fashion_mnist",
-                   help=f"{' or '.join(SOURCES)} (test / val split), or a competition-format folder of .npy uint8 "
-                        f"H x W x C images with labels.yml")
-    d.add_argument("--data-dir", type=Path, default=None,
-                   help="where the named data set lives (Fashion-MNIST: /usr/share/datasets/fashion-mnist; "
-                        "Tiny ImageNet: required, the folder with wnids.txt and val/)")
-    d.add_argument("--images", type=int, default=None,
-                   help=f"how many images to score; None: {DEFAULT_IMAGES}, or all if the data holds fewer")
+    d.add_argument("--dataset", choices=DATASETS, default=None,
+                   help="what --data holds: the Fashion-MNIST test set, the Tiny ImageNet val set, or a "
+                        "competition-format folder of .npy uint8 H x W x C images with labels.yml (default: "
+                        "folder if --data is given, else fashion_mnist)")
+    add_data(d, "the data set's folder (fashion_mnist: default /usr/share/datasets/fashion-mnist; tiny_imagenet: "
+                "the folder with wnids.txt and val/; folder: the .npy files and labels.yml)")
+    d.add_argument("--images", metavar="N", type=positive_int, default=None,
+                   help=f"how many images to score (default: {DEFAULT_IMAGES}, or all if the data holds fewer)")
     d.add_argument("--sample", choices=SAMPLING, default="first",
                    help="the first --images images, or a random choice seeded by --seed")
     s = p.add_argument_group("suite and budget")
@@ -88,30 +103,42 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"comma-separated attacks at their defaults instead of a preset: {', '.join(ATTACKS)}")
     s.add_argument("--surrogate", type=Path, action="append", default=[], metavar="DIR",
                    help="a surrogate model artifact for the transfer attacks (repeat for an ensemble)")
-    s.add_argument("--budget", type=int, default=1000, help="queries each attack may spend per image")
+    s.add_argument("--budget", metavar="QUERIES", type=positive_int, default=1000,
+                   help="queries each attack may spend per image")
     s.add_argument("--pooled", action="store_true",
                    help="the competition's pooled rule: each attack may spend budget x images of a chunk "
                         "wherever it likes, instead of budget on each image")
-    s.add_argument("--seed", type=int, default=0, help="seeds every attack (per chunk and attack) and --sample random")
-    s.add_argument("--batch-images", type=int, default=100,
+    s.add_argument("--seed", type=non_negative_int, default=0,
+                   help="seeds every attack (per chunk and attack) and --sample random")
+    s.add_argument("--batch-images", metavar="N", type=positive_int, default=100,
                    help="images attacked together (one chunk; every model call carries many of them); results "
                         "are saved after each chunk")
     r = p.add_argument_group("white-box reference (--model only)")
     r.add_argument("--reference", action=argparse.BooleanOptionalAction, default=True,
                    help="compute the FMN minimal-norm distance per image with the model's gradients")
-    r.add_argument("--reference-steps", type=int, default=1000, help="FMN steps per run")
+    r.add_argument("--reference-steps", metavar="N", type=positive_int, default=1000, help="FMN steps per run")
     o = p.add_argument_group("running")
-    o.add_argument("--output", type=Path, default=Path("runs/score"),
-                   help="results.json, report.md, cdf.png, gallery.png and state/ (resume) go here")
-    o.add_argument("--json", type=Path, default=None, help="also copy results.json here")
-    o.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                   help="torch device for --model and the white-box reference")
-    o.add_argument("--timeout-s", type=float, default=30.0, help="--target: seconds per gRPC attempt")
-    o.add_argument("--retries", type=int, default=5, help="--target: retries (backoff doubling from 0.2 s) "
-                                                          "while the server is unavailable, before giving up")
-    o.add_argument("--no-progress", dest="progress", action="store_false",
-                   help="hide the progress bar (shown: %(default)s)")
+    add_output(o, Path("runs/score"), "results.json, report.md, cdf.png, gallery.png and state/ (resume)")
+    add_json(o, "results.json")
+    add_device(o, what="--model and the white-box reference")
+    o.add_argument("--timeout-s", metavar="SECONDS", type=positive_float, default=30.0,
+                   help="--target: seconds per gRPC attempt")
+    o.add_argument("--retries", metavar="N", type=non_negative_int, default=5,
+                   help="--target: retries (backoff doubling from 0.2 s) while the server is unavailable, "
+                        "before giving up")
+    add_progress(o)
     return p
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    """The flags, with ``--dataset`` defaulted from ``--data`` (exits 2 on a bad one, before any work)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.data is not None and args.dataset is None and str(args.data) in DATASETS and not args.data.exists():
+        parser.error(f"--data is the data set's folder; name the data set with --dataset {args.data}")
+    if args.dataset is None:
+        args.dataset = "folder" if args.data is not None else "fashion_mnist"
+    return args
 
 
 def build_attacks(args: argparse.Namespace) -> tuple[dict[str, Attack], list[str]]:
@@ -202,17 +229,16 @@ def write_reports(output: Path, info: RunInfo, chunks: list[ChunkResult], data: 
     return results
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    args = build_parser().parse_args(argv)
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python attacks/score.py`` / ``avc-score``: score the model, write the reports; the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
     started = time.perf_counter()
     command = shlex.join(["python", "attacks/score.py", *argv])
     try:
-        if min(args.budget, args.batch_images, args.reference_steps) < 1:
-            raise BadInput("--budget, --batch-images and --reference-steps must be at least 1")
         suite, notes = build_attacks(args)
         model, model_info, class_names = open_model(args)
-        evalset = load_eval_data(args.data, args.data_dir, model.info.shape, model.info.num_classes, args.progress)
+        evalset = load_eval_data(args.dataset, args.data, model.info.shape, model.info.num_classes, args.progress)
         total = len(evalset.images)
         indices = pick(min(DEFAULT_IMAGES, total) if args.images is None else args.images, total, args.sample,
                        args.seed)
@@ -231,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     reference = (partial(minimal_l2, model.net, steps=args.reference_steps, device=args.device)
                  if reference_wanted(args) else None)
     info = RunInfo(command, model_info, class_names,
-                   {"source": args.data, "data_dir": str(args.data_dir) if args.data_dir else None,
+                   {"dataset": args.dataset, "data": str(args.data) if args.data else None,
                     "sample": args.sample, "images": len(indices), "of": total},
                    args.budget, args.pooled, args.seed, args.batch_images,
                    {name: repr(attack) for name, attack in suite.items()}, notes)
@@ -254,9 +280,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\ninterrupted: partial results in {args.output}; rerun the same command to resume", file=sys.stderr)
         return INTERRUPTED
     results = write_reports(args.output, info, run.chunks, data, started, complete=True)
-    if args.json is not None:
-        atomic_write_text(args.json, json.dumps(results, indent=1) + "\n")
-    print(console(results, str(args.output)))
+    write_json(args.json, json.dumps(results, indent=1) + "\n")
+    print(console(results, str(args.output)), file=text_stream(args.json))
     return OK
 
 

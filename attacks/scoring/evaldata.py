@@ -1,6 +1,6 @@
 """The images a score is computed on: Fashion-MNIST test, Tiny ImageNet val, or a competition-format folder.
 
-Every source comes back as a :class:`defense.evalset.EvalSet` checked against the
+Every source comes back as a :class:`avc_common.data.evalset.EvalSet` checked against the
 model's input shape and class count, then :func:`pick` selects the images to attack.
 Any problem is an :class:`EvalDataError` whose message says what was expected where.
 """
@@ -16,7 +16,7 @@ from avc_common.data.evalset import EvalSet
 from avc_common.data.fashion_mnist import FASHION_MNIST_DIR, load_fashion_split
 from avc_common.data.tiny_imagenet import DatasetLayoutError, load_tiny_imagenet
 
-SOURCES = ("fashion_mnist", "tiny_imagenet")  # named sources; anything else is a folder
+DATASETS = ("fashion_mnist", "tiny_imagenet", "folder")  # what a score's --data folder holds (--dataset)
 SAMPLING = ("first", "random")
 
 
@@ -24,36 +24,40 @@ class EvalDataError(ValueError):
     """The evaluation data cannot be used with this model; the message names the flag and the fix."""
 
 
-def load_eval_data(source: str, data_dir: Path | None, shape: tuple[int, int, int], num_classes: int,
+def load_eval_data(dataset: str, data: Path | None, shape: tuple[int, int, int], num_classes: int,
                    progress: bool = True) -> EvalSet:
-    """The labelled images of ``source`` (a name in :data:`SOURCES` or a competition-format folder).
+    """The labelled images of ``dataset`` (one of :data:`DATASETS`) read from the folder ``data``.
 
-    ``data_dir`` overrides where a named source lives (Fashion-MNIST: Debian's package
-    folder by default; Tiny ImageNet: required, the folder holding ``wnids.txt`` and ``val/``).
+    ``data`` may be None for Fashion-MNIST only (Debian's package folder); Tiny ImageNet needs
+    the folder holding ``wnids.txt`` and ``val/``, ``folder`` the competition-format folder.
     """
-    if source not in SOURCES:
-        problems = evalset.folder_problems(source, shape, num_classes, flag="--data")
+    if dataset == "folder":
+        if data is None:
+            raise EvalDataError("--dataset folder needs --data DIR: the .npy uint8 H x W x C images and labels.yml")
+        problems = evalset.folder_problems(data, shape, num_classes, flag="--data")
         if problems:
             raise EvalDataError("\n".join(f"  {p}" for p in problems))
-        return evalset.load_folder(source)
+        return evalset.load_folder(data)
     try:
-        if source == "fashion_mnist":
-            images, labels = load_fashion_split(data_dir or FASHION_MNIST_DIR, "test")
+        if dataset == "fashion_mnist":
+            images, labels = load_fashion_split(data or FASHION_MNIST_DIR, "test")
             names = [f"test-{i}" for i in range(len(images))]
         else:
-            if data_dir is None:
-                raise EvalDataError("--data tiny_imagenet needs --data-dir DIR: the folder holding wnids.txt, "
+            if data is None:
+                raise EvalDataError("--dataset tiny_imagenet needs --data DIR: the folder holding wnids.txt, "
                                     "words.txt and val/ (images/ and val_annotations.txt)")
-            split = load_tiny_imagenet(data_dir, "val", progress=progress)
+            split = load_tiny_imagenet(data, "val", progress=progress)
             images, labels = split.images, split.labels
             names = [f"val-{i}" for i in range(len(images))]
     except DatasetLayoutError as err:
-        raise EvalDataError(f"--data {source}: {err}") from None
+        raise EvalDataError(f"--dataset {dataset}: {err}") from None
     if images.shape[1:] != shape:
-        raise EvalDataError(f"--data {source}: its images are {' x '.join(map(str, images.shape[1:]))} but the model "
-                            f"takes {' x '.join(map(str, shape))} (H x W x C); use the data the model was trained for")
+        raise EvalDataError(f"--dataset {dataset}: its images are {' x '.join(map(str, images.shape[1:]))} but the "
+                            f"model takes {' x '.join(map(str, shape))} (H x W x C); use the data the model was "
+                            f"trained for")
     if labels.max(initial=0) >= num_classes:
-        raise EvalDataError(f"--data {source}: labels go up to {labels.max()} but the model has {num_classes} classes")
+        raise EvalDataError(f"--dataset {dataset}: labels go up to {labels.max()} but the model has {num_classes} "
+                            f"classes")
     return EvalSet(names, images, labels)
 
 

@@ -16,9 +16,10 @@ images and from the suite's winning adversarials.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Protocol
 
 import numpy as np
 from tqdm import tqdm

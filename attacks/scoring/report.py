@@ -2,7 +2,7 @@
 
 Field by field in docs/scoring.md. Distances are L2 on [0, 1] of verified uint8
 adversarials; an image no attack fooled scores its worst-case value
-(:func:`attacks.scoring.worst_case_l2`) and counts as not fooled; a misclassified clean
+(:func:`attacks.scoring.pipeline.worst_case_l2`) and counts as not fooled; a misclassified clean
 image scores 0. JSON holds ``null`` where a distance is infinite (not fooled).
 """
 from __future__ import annotations
@@ -13,9 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from avc_common import __version__
-
 from attacks.scoring.pipeline import Scores, scored
+from avc_common import __version__
 
 WORST_CASE_RULE = ("an image no attack fooled scores the L2 distance from its clean image to the farthest image "
                    "in [0, 1]^d, sqrt(sum(max(x, 1 - x)^2)): larger than any perturbation could be")
@@ -96,7 +95,8 @@ def build_results(info: RunInfo, scores: Scores, indices: np.ndarray, names: lis
                                   "queries": int(scores.queries[a, i])} for a, name in enumerate(scores.names)},
                "reference": None if scores.reference is None else _finite(scores.reference[i:i + 1])[0]}
               for i in range(n)]
-    return {"complete": complete, "error": error, "trades_avc_version": __version__, "command": info.command, "model": info.model, "data": info.data,
+    return {"complete": complete, "error": error, "trades_avc_version": __version__, "command": info.command,
+            "model": info.model, "data": info.data,
             "budget": {"rule": "pooled" if info.pooled else "per_image", "queries": info.budget,
                        "description": info.budget_rule},
             "worst_case": WORST_CASE_RULE, "seed": info.seed, "batch_images": info.batch_images,

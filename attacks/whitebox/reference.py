@@ -6,7 +6,8 @@ step moves along the normalised gradient of the logit margin and projects onto a
 ball whose radius shrinks by ``gamma`` while the point is adversarial and grows while it
 is not (before the first adversarial, it jumps to the linearised boundary); step size and
 ``gamma`` are cosine-annealed. Its default step (1.0) is not converged after 1000 steps
-on [0, 1] images (see PEERS.md), so several step sizes run and each image keeps its best.
+on [0, 1] images (docs/benchmarks.md "Comparing with Foolbox 3 fairly"), so several step
+sizes run and each image keeps its best.
 Two changes from the paper. Gradient components that push a pixel already at 0 or 1
 out of the box are dropped before the step: otherwise, on images with large black areas
 (Fashion-MNIST), the box clipping after each projection shrinks the step below the
@@ -25,14 +26,15 @@ grey levels.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
 
 from attacks.access.lattice import l2
 from attacks.whitebox.surrogate import margin
-from avc_common.images import to_hwc, to_model_input, to_uint8, to_unit
+from avc_common.images import to_uint8, to_unit
+from avc_common.tensors import to_hwc, to_model_input
 
 Logits = Callable[[torch.Tensor], torch.Tensor]
 

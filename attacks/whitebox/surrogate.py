@@ -2,23 +2,23 @@
 
 Transfer attacks (Papernot et al. 2016; the NeurIPS 2018 AVC's winning untargeted
 entries) craft perturbations on models the attacker owns and only then ask the target.
-Surrogates are model artifacts loaded through :func:`defense.artifact.load_artifact`
+Surrogates are model artifacts loaded through :func:`avc_common.artifact.load_artifact`
 (hash-checked), once per process. Several surrogates form an ensemble (Liu et al.,
 "Delving into Transferable Adversarial Examples", ICLR 2017) by averaging their logits
 or their losses.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import lru_cache
 from itertools import repeat
-from typing import Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
 from avc_common.artifact import load_artifact, read_manifest
-from avc_common.images import to_hwc, to_model_input
+from avc_common.tensors import to_hwc, to_model_input
 
 COMBINE = ("logits", "loss")
 ROBUST_LOSSES = frozenset({"pgd_at", "trades"})  # manifest ``training.loss`` of adversarially trained models
@@ -75,10 +75,11 @@ def ensembles_by_kind(paths: Sequence[str], shape: tuple[int, int, int], num_cla
                       device: str = "cpu") -> list[Ensemble]:
     """All of ``paths`` with each kind (natural, adversarially trained) weighted equally, then each kind on its own.
 
-    A robust and a natural target's boundaries follow different surrogates (Fashion-MNIST
-    CNNs, docs/benchmarks.md): natural surrogates' directions reach a natural target's
-    boundary sooner alone than averaged with a robust one, while a robust target is best
-    reached from the mix. With one kind only, this is the one ensemble of all ``paths``.
+    A robust and a natural target's boundaries follow different surrogates: natural
+    surrogates' directions reach a natural target's boundary sooner alone than averaged with
+    a robust one, while a robust target is best reached from the mix (Fashion-MNIST CNNs:
+    docs/history/2026-11-experiments.md "Six surrogates and a seeded GeoDA"). With one kind
+    only, this is the one ensemble of all ``paths``.
     """
     paths = [str(p) for p in paths]
     robust = robust_surrogates(paths)

@@ -1,7 +1,7 @@
 """Fashion-MNIST from its IDX files (Debian's ``dataset-fashion-mnist`` layout) as uint8 HWC arrays.
 
 Here, beside the other dataset readers, so that training and the scorer read the same
-files the same way without ``attacks/`` importing ``training/`` (DESIGN.md).
+files the same way without ``attacks/`` importing ``training/`` (docs/architecture.md "Data").
 """
 from __future__ import annotations
 

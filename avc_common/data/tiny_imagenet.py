@@ -1,8 +1,8 @@
 """Tiny ImageNet from its published folder layout, decoded once into a uint8 cache.
 
-Layout (see DESIGN.md "Data"): ``wnids.txt`` (class order: label i = line i),
+Layout (see docs/architecture.md "Data"): ``wnids.txt`` (class order: label i = line i),
 ``words.txt``, ``train/<wnid>/images/*.JPEG``, ``val/images/*.JPEG`` with
-``val/val_annotations.txt``. Images come back HWC uint8 (DESIGN.md "Pixel convention").
+``val/val_annotations.txt``. Images come back HWC uint8 (docs/architecture.md "Pixel convention").
 Pure numpy/PIL so data tools need no torch.
 """
 from __future__ import annotations

@@ -8,9 +8,10 @@ may be counted twice against a query budget if the first attempt did reach the m
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable, TypeVar
+from typing import TypeVar
 
 import grpc
 import numpy as np
@@ -128,7 +129,7 @@ class DefenseClient:
         self._pool.shutdown(wait=True)
         self._channel.close()
 
-    def __enter__(self) -> "DefenseClient":
+    def __enter__(self) -> DefenseClient:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -14,21 +14,24 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import grpc
 import numpy as np
 
 from avc_common.artifact import load_artifact
+from avc_common.cli import add_alias, add_json, at_least, non_negative_int, text_stream, write_json
 from avc_common.data import evalset
 from avc_common.problems import Problem
 from avc_common.rpc import defense_pb2, defense_pb2_grpc
 from avc_common.rpc.client import DefenseClient, DefenseError
 from defense.batcher import classify
 from defense.process import ServerProcess, ServerStartError, free_port, wait_serving
-from defense.submission.manifest import Submission, load
+from defense.submission.manifest import Submission, load, with_option
 
 PASS, FAIL, SKIP, INFO = "PASS", "FAIL", "SKIP", "INFO"
 CONCURRENCY = 4  # Predict calls one client keeps in flight (DefenseClient's default)
@@ -79,27 +82,13 @@ class Report:
                            "metrics": self.metrics, "command": self.command}, indent=2) + "\n"
 
 
-def _replace(argv: list[str], name: str, value: str) -> list[str]:
-    """``argv`` with every ``--name X`` / ``--name=X`` set to ``value``, appended if absent."""
-    out, found, i = [], False, 0
-    while i < len(argv):
-        if argv[i] == name and i + 1 < len(argv):
-            out += [name, value]
-            found, i = True, i + 2
-            continue
-        out.append(f"{name}={value}" if argv[i].startswith(name + "=") else argv[i])
-        found |= argv[i].startswith(name + "=")
-        i += 1
-    return out if found else out + [name, value]
-
-
 def local_command(command: list[str], artifact: Path, port: int) -> list[str]:
     """The container's command as this machine runs it: its own python, the artifact in place of
     the image's model path, and loopback with ``port`` in place of the published address."""
     argv = [sys.executable, *command[1:]] if Path(command[0]).name in ("python", "python3") else list(command)
-    argv = _replace(argv, "--model", str(artifact))
-    argv = _replace(argv, "--host", "127.0.0.1")
-    return _replace(argv, "--port", str(port))
+    argv = with_option(argv, "--model", str(artifact))
+    argv = with_option(argv, "--host", "127.0.0.1")
+    return with_option(argv, "--port", str(port))
 
 
 class Session:
@@ -165,7 +154,8 @@ class Session:
                     stub.Predict(defense_pb2.PredictRequest(images=images), timeout=30)
                 except grpc.RpcError as err:
                     if err.code() != grpc.StatusCode.INVALID_ARGUMENT:
-                        raise CheckFailed(f"{what}: {err.code().name} ({err.details()}), expected INVALID_ARGUMENT")
+                        raise CheckFailed(f"{what}: {err.code().name} ({err.details()}), "
+                                          "expected INVALID_ARGUMENT") from None
                 else:
                     raise CheckFailed(f"{what}: answered with labels, expected INVALID_ARGUMENT")
             reply = stub.Predict(defense_pb2.PredictRequest(images=[self.data.images[0].tobytes()]), timeout=30)
@@ -175,7 +165,7 @@ class Session:
 
     def accuracy(self) -> str:
         if self.data.labels is None:
-            return "no labels (built-in random images; pass --images DIR)"
+            return "no labels (built-in random images; pass --data DIR)"
         correct = int((self.labels == self.data.labels).sum())
         self.report.metrics["clean_accuracy"] = correct / len(self.labels)
         return f"clean accuracy {correct / len(self.labels):.2%} ({correct}/{len(self.labels)})"
@@ -244,7 +234,7 @@ def _serve_and_check(sub: Submission, data: evalset.EvalSet, report: Report, tim
         session = Session(sub, data, server, target, throughput_images, report)
         try:
             for i, (name, check, status, needed) in enumerate(CHECKS):
-                if not _run(report, name, lambda: check(session), status) and needed:
+                if not _run(report, name, partial(check, session), status) and needed:
                     report.lines += [Line(later, SKIP, f"needs {name}") for later, *_ in CHECKS[i + 1:]]
                     break
         finally:
@@ -252,12 +242,12 @@ def _serve_and_check(sub: Submission, data: evalset.EvalSet, report: Report, tim
 
 
 def run_check(manifest: str | Path, images: str | Path | None = None, timeout_s: float = 120.0,
-              throughput_images: int = 512, json_path: str | Path | None = None) -> Report:
+              throughput_images: int = 512) -> Report:
     """Validate the submission, then serve and check it; the report's exit_code is the verdict."""
     report = Report(str(manifest))
     sub, report.problems = load(manifest)
     if sub is not None and images is not None:
-        report.problems = evalset.folder_problems(images, sub.input_shape, sub.num_classes)
+        report.problems = evalset.folder_problems(images, sub.input_shape, sub.num_classes, flag="--data")
     if report.problems:
         report.lines.append(Line("manifest", FAIL, f"{len(report.problems)} problem(s); nothing was started:"))
     else:
@@ -266,13 +256,25 @@ def run_check(manifest: str | Path, images: str | Path | None = None, timeout_s:
         report.lines.append(Line("manifest", PASS, f"valid; artifact {sub.doc['artifact']['path']} sha256 "
                                  f"{sub.doc['artifact']['sha256'][:12]}... verified; {len(data.images)} {kind} images"))
         _serve_and_check(sub, data, report, timeout_s, throughput_images)
-    if json_path is not None:
-        Path(json_path).write_text(report.to_json())
     return report
 
 
-def main(args: argparse.Namespace) -> int:
-    """The ``check`` subcommand: print the summary, write ``--json``, return the exit status."""
-    report = run_check(args.manifest, args.images, args.timeout_s, args.throughput_images, args.json)
-    print(report.render())
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The check's flags (``python -m defense check`` and ``avc-check``)."""
+    parser.add_argument("manifest", nargs="?", default="crisp.yaml", help="the submission manifest")
+    add_alias(parser, "--images", parser.add_argument(
+        "--data", type=Path, metavar="DIR", default=None,
+        help="evaluation images: .npy uint8 HWC files + labels.yml (default: 32 built-in random images)"))
+    add_json(parser, "the report as JSON")
+    parser.add_argument("--timeout-s", metavar="SECONDS", type=at_least(1, float), default=120.0,
+                        help="how long the server may take to report SERVING")
+    parser.add_argument("--throughput-images", metavar="N", type=non_negative_int, default=512,
+                        help="images classified to measure throughput (0 = skip)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Print the summary, write ``--json``; the verdict as the exit status (0 pass, 1 a check failed, 2 invalid)."""
+    report = run_check(args.manifest, args.data, args.timeout_s, args.throughput_images)
+    write_json(args.json, report.to_json())
+    print(report.render(), file=text_stream(args.json))
     return report.exit_code

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 from dockerfile_parse import DockerfileParser
@@ -179,7 +180,8 @@ def _artifact_problems(doc: dict[str, Any], artifact: Path, valid: Callable[[str
     """The artifact exists, matches its own manifest, and crisp.yaml's hash and input spec (where those are valid)."""
     if not artifact.exists():
         return [Problem("artifact.path", f"{artifact} does not exist",
-                        f"run `make train-fmnist-trades` first (it writes {DEFAULT_ARTIFACT}) or set artifact.path to your artifact folder")]
+                        f"run `make train-fmnist-trades` first (it writes {DEFAULT_ARTIFACT}) "
+                        "or set artifact.path to your artifact folder")]
     try:
         manifest = read_manifest(artifact)
     except ArtifactError as err:
@@ -188,13 +190,15 @@ def _artifact_problems(doc: dict[str, Any], artifact: Path, valid: Callable[[str
     problems = []
     actual = sha256_file(artifact / MODEL_FILE)
     if valid("artifact.sha256") and doc["artifact"]["sha256"] != actual:
-        problems.append(Problem("artifact.sha256", f"{doc['artifact']['sha256']} but {artifact / MODEL_FILE} has {actual}",
+        problems.append(Problem("artifact.sha256",
+                                f"{doc['artifact']['sha256']} but {artifact / MODEL_FILE} has {actual}",
                                 f"set artifact.sha256: {actual} if that is the model you mean to submit"))
     served = {**manifest["input"], "num_classes": manifest["num_classes"]}
     for key in INPUT_KEYS:
         if valid(f"input.{key}") and doc["input"][key] != served[key]:
             problems.append(Problem(f"input.{key}", f"{doc['input'][key]} but the artifact has {served[key]}",
-                                    f"set input.{key}: {served[key]}, or point artifact.path at the artifact for this input"))
+                                    f"set input.{key}: {served[key]}, "
+                                    "or point artifact.path at the artifact for this input"))
     return problems
 
 
@@ -222,15 +226,36 @@ def read_command(dockerfile: Path) -> tuple[list[str], list[str], set[int]]:
     return found["ENTRYPOINT"], found.get("CMD", []), ports
 
 
+def _occurrences(argv: list[str], name: str) -> Iterator[tuple[int, str, bool]]:
+    """``(index, value, joined)`` of each ``--name VALUE`` (joined False) or ``--name=VALUE`` in ``argv``,
+    read as argparse reads them: a ``--name`` consumes the word after it."""
+    i = 0
+    while i < len(argv):
+        if argv[i] == name and i + 1 < len(argv):
+            yield i, argv[i + 1], False
+            i += 2
+            continue
+        if argv[i].startswith(name + "="):
+            yield i, argv[i].split("=", 1)[1], True
+        i += 1
+
+
 def option(argv: list[str], name: str) -> str | None:
     """The value of ``--name VALUE`` or ``--name=VALUE`` in ``argv`` (the last one wins, as in argparse)."""
-    value = None
-    for i, arg in enumerate(argv):
-        if arg == name and i + 1 < len(argv):
-            value = argv[i + 1]
-        elif arg.startswith(name + "="):
-            value = arg.split("=", 1)[1]
-    return value
+    values = [value for _, value, _ in _occurrences(argv, name)]
+    return values[-1] if values else None
+
+
+def with_option(argv: list[str], name: str, value: str) -> list[str]:
+    """``argv`` with every ``--name X`` / ``--name=X`` set to ``value``, appended if absent."""
+    out = list(argv)
+    found = list(_occurrences(argv, name))
+    for i, _, joined in found:
+        if joined:
+            out[i] = f"{name}={value}"
+        else:
+            out[i + 1] = value
+    return out if found else [*out, name, value]
 
 
 def _dockerfile_problems(doc: dict[str, Any], dockerfile: Path,
@@ -238,7 +263,8 @@ def _dockerfile_problems(doc: dict[str, Any], dockerfile: Path,
     """The Dockerfile exists, and its command, port and model path agree with crisp.yaml (where that is valid)."""
     fix = "give the Dockerfile an exec-form ENTRYPOINT that runs `python -m defense serve --model DIR`"
     if not dockerfile.is_file():
-        return [], [Problem("container.dockerfile", f"{dockerfile} does not exist", "set it to the submission's Dockerfile")]
+        return [], [Problem("container.dockerfile", f"{dockerfile} does not exist",
+                            "set it to the submission's Dockerfile")]
     try:
         entrypoint, cmd, exposed = read_command(dockerfile)
     except ValueError as err:
@@ -248,12 +274,14 @@ def _dockerfile_problems(doc: dict[str, Any], dockerfile: Path,
         problems.append(Problem("container.entrypoint", f"differs from {dockerfile.name}'s ENTRYPOINT {entrypoint}",
                                 f"set container.entrypoint: {json.dumps(entrypoint)} (or change the Dockerfile)"))
     if option(command, "--model") is None:
-        problems.append(Problem("container.dockerfile", f"{dockerfile.name}'s command {command} has no --model DIR", fix))
+        problems.append(Problem("container.dockerfile",
+                                f"{dockerfile.name}'s command {command} has no --model DIR", fix))
     served_port, port = option(command, "--port") or "50051", doc["container"]["port"]
     if valid("container.port") and (served_port != str(port) or port not in exposed):
         problems.append(Problem("container.port", f"{port} but {dockerfile.name} serves on --port {served_port} and "
                                 f"EXPOSEs {sorted(exposed) or 'nothing'}",
-                                f"use one port in all three places, e.g. container.port: {served_port} and EXPOSE {served_port}"))
+                                "use one port in all three places, e.g. "
+                                f"container.port: {served_port} and EXPOSE {served_port}"))
     return command, problems
 
 

@@ -1,0 +1,75 @@
+"""``python -m defense serve``: serve a model artifact as the label-only gRPC service.
+
+Loads the artifact (a folder that is not one, or whose model does not match its manifest,
+exits 2), listens on --host:--port and answers Predict, ModelInfo, health and reflection
+until SIGTERM or SIGINT, then lets in-flight calls finish for --grace-s and exits 0
+(1 if the address cannot be bound). The container's ENTRYPOINT runs exactly this command.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from pathlib import Path
+
+import torch
+
+from avc_common.artifact import ArtifactError, load_artifact
+from avc_common.cli import (
+    add_device,
+    add_threads,
+    non_negative_float,
+    non_negative_int,
+    port,
+    positive_int,
+    set_threads,
+)
+from defense.server import ServerConfig, serve
+
+DEFAULTS = ServerConfig()
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The server's flags (``python -m defense serve`` and ``avc-serve``)."""
+    p.add_argument("--model", required=True, metavar="DIR", help="model artifact folder (model.pt2 + manifest.json)")
+    p.add_argument("--host", default=DEFAULTS.host, help="address to listen on")
+    p.add_argument("--port", type=port, default=DEFAULTS.port, help="port to listen on (0 = any free port)")
+    p.add_argument("--max-images-per-request", metavar="N", type=positive_int, default=DEFAULTS.max_images_per_request,
+                   help="most images one Predict may carry; larger requests are refused")
+    p.add_argument("--max-batch-size", metavar="N", type=positive_int, default=DEFAULTS.max_batch_size,
+                   help="most images in one model forward; a batch closes when this full")
+    p.add_argument("--max-delay-ms", metavar="MS", type=non_negative_float, default=DEFAULTS.max_delay_ms,
+                   help="longest a request waits for others to fill its batch")
+    p.add_argument("--query-budget", metavar="IMAGES", type=non_negative_int, default=DEFAULTS.query_budget,
+                   help="total images the server will classify, then RESOURCE_EXHAUSTED (0 = unlimited)")
+    add_threads(p)
+    add_device(p, default="cpu")  # the container's CMD passes --device cpu; a GPU image passes --device cuda
+    p.add_argument("--grace-s", metavar="SECONDS", type=non_negative_float, default=DEFAULTS.grace_s,
+                   help="on SIGTERM/SIGINT, how long in-flight calls may take to finish")
+    p.add_argument("--stats-file", metavar="PATH", type=Path, default=DEFAULTS.stats_file,
+                   help="also keep the cumulative counters in this JSON file (fields: defense/stats.py), rewritten "
+                        "about once a second while there is traffic and at shutdown")
+    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                   help="logging level (INFO: one throughput line per second of traffic)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Serve until a signal; 0 after a clean drain, 2 for a bad artifact, 1 if the address cannot be bound."""
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    set_threads(args.threads)
+    torch.backends.fp32_precision = "ieee"  # true fp32 on every device (no TF32): labels as exported
+    try:
+        artifact = load_artifact(args.model, args.device)
+    except ArtifactError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    config = ServerConfig(host=args.host, port=args.port, max_images_per_request=args.max_images_per_request,
+                          max_batch_size=args.max_batch_size, max_delay_ms=args.max_delay_ms,
+                          query_budget=args.query_budget, grace_s=args.grace_s, stats_file=args.stats_file)
+    try:
+        asyncio.run(serve(artifact, config, str(args.device)))
+    except OSError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0

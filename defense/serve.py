@@ -49,7 +49,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="on SIGTERM/SIGINT, how long in-flight calls may take to finish")
     p.add_argument("--stats-file", metavar="PATH", type=Path, default=DEFAULTS.stats_file,
                    help="also keep the cumulative counters in this JSON file (fields: defense/stats.py), rewritten "
-                        "about once a second while there is traffic and at shutdown")
+                        "about once a second while there is traffic, at shutdown and on SIGUSR1")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                    help="logging level (INFO: one throughput line per second of traffic)")
 

@@ -104,6 +104,8 @@ out = {"torch": torch.__version__, "uid": os.getuid(), "logits": {}, "unimportab
                   if not importlib.util.find_spec(m)]}
 for package in ("avc_common", "defense"):  # every module the image copies imports with its requirements alone
     for info in pkgutil.walk_packages(importlib.import_module(package).__path__, package + "."):
+        if info.name.endswith(".__main__"):  # importing it runs the command
+            continue
         try:
             importlib.import_module(info.name)
         except Exception as err:

@@ -48,11 +48,15 @@ class _Pending:
         self.taken = 0
         self.labels = np.empty(len(images), dtype=np.int64)
         self.future: Future[np.ndarray] = Future()
+        self.future.pending = self  # type: ignore[attr-defined]  # for Batcher.abandon
         self.arrived = time.monotonic()
 
 
 class Batcher:
-    """Coalesces :meth:`submit` calls from any thread into model batches run by one worker thread."""
+    """Coalesces :meth:`submit` calls from any thread into model batches run by one worker thread.
+
+    A caller that stops waiting calls :meth:`abandon`; a request cancelled through its future is dropped too.
+    """
 
     def __init__(self, model: Model, *, max_batch_size: int = 256, max_delay_ms: float = 2.0,
                  device: str | torch.device = "cpu") -> None:
@@ -83,6 +87,19 @@ class Batcher:
             self._queued_images += len(images)
             self._cond.notify()
         return pending.future
+
+    def abandon(self, future: Future[np.ndarray]) -> int:
+        """Drop what is still queued of the request behind ``future`` (from :meth:`submit`): its caller has left,
+        so no forward is spent on it. Returns how many of its images will now never be classified."""
+        pending = future.pending  # type: ignore[attr-defined]
+        with self._cond:
+            if pending in self._queue:
+                self._queue.remove(pending)
+                self._queued_images -= len(pending.images) - pending.taken
+            elif not future.cancelled():  # answered, failed, or its last images are in the forward now
+                return 0
+            future.cancel()  # an untaken request is cancelled; a partly computed one is simply never answered
+            return len(pending.images) - pending.taken
 
     def reset_stats(self) -> BatchStats:
         """Count from zero again (the server does after its warm-up forward); returns the counts so far."""

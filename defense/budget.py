@@ -35,3 +35,8 @@ class QueryBudget:
                                    f"query budget: {images} images requested, {self.total - self._used} "
                                    f"of {self.total} left; the whole request was refused and not counted")
             self._used += images
+
+    def refund(self, images: int) -> None:
+        """Give back ``images`` that were counted but will never be classified (their caller left first)."""
+        with self._lock:
+            self._used = max(self._used - images, 0)

@@ -58,6 +58,8 @@ class Counters:
     requests: int = 0
     images: int = 0
     errors: int = 0
+    dropped: int = 0  # calls whose caller left (cancelled, deadline passed) before all their images were computed
+    dropped_images: int = 0  # their images that were never computed (nor charged to the query budget)
     answer_s: float = 0.0  # wall time of answered Predicts, entry to return: the server's part of a call
 
 
@@ -89,8 +91,15 @@ class DefenseServicer(defense_pb2_grpc.DefenseServicer):
         except RequestError as err:
             self.counters.errors += 1
             await context.abort(err.code, err.message)
+        future = self._batcher.submit(images)
         try:
-            labels = await asyncio.wrap_future(self._batcher.submit(images))
+            labels = await asyncio.wrap_future(future)
+        except asyncio.CancelledError:  # the caller left (cancelled, or its deadline passed): no forward for it
+            if dropped := self._batcher.abandon(future):
+                self._budget.refund(dropped)
+                self.counters.dropped += 1
+                self.counters.dropped_images += dropped
+            raise
         except Exception:
             self.counters.errors += 1
             log.exception("model forward failed")
@@ -185,6 +194,7 @@ class DefenseServer:
         """The counters now (fields: :class:`defense.stats.ServerStats`); call it on the server's event loop."""
         counters, batches = self.servicer.counters, self.batcher.stats
         return ServerStats(requests=counters.requests, images=counters.images, errors=counters.errors,
+                           dropped=counters.dropped, dropped_images=counters.dropped_images,
                            batches=batches.batches, batch_images=batches.images, largest_batch=batches.largest,
                            model_s=batches.model_s, answer_s=counters.answer_s,
                            uptime_s=0.0 if self._started_s is None else time.monotonic() - self._started_s,

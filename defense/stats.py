@@ -28,6 +28,8 @@ class ServerStats:
     - ``requests``: Predict calls answered with labels; ``images``: the images in them;
     - ``errors``: Predict calls refused by the server (malformed, over the budget) or failed in the model
       (a message over the size limit is refused by gRPC before it reaches the server and is not counted);
+    - ``dropped``: Predict calls whose caller left (cancelled, or its deadline passed) while their images were
+      still queued; ``dropped_images``: those images, never computed and not charged to a query budget;
     - ``batches``: model forwards; ``batch_images``: the images in them (``images`` plus those of calls still
       in flight or failed); ``largest_batch``: the most images in one forward;
     - ``model_s``: seconds inside the model forwards, summed over batches;
@@ -41,6 +43,8 @@ class ServerStats:
     requests: int = 0
     images: int = 0
     errors: int = 0
+    dropped: int = 0
+    dropped_images: int = 0
     batches: int = 0
     batch_images: int = 0
     largest_batch: int = 0
@@ -61,10 +65,11 @@ class ServerStats:
 
     @classmethod
     def read(cls, path: str | os.PathLike) -> ServerStats:
-        """The snapshot in ``path``; keys it does not know are ignored (a newer server may add some)."""
+        """The snapshot in ``path``; keys it does not know are ignored (a newer server may add some), missing ones
+        are 0 (an older server wrote it)."""
         with open(path) as f:
             data = json.load(f)
-        return cls(**{f.name: data[f.name] for f in fields(cls)})
+        return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
 
 
 def fresh(path: str | os.PathLike, pid: int, timeout_s: float = 30.0) -> ServerStats:

@@ -180,3 +180,36 @@ def test_same_image_same_label_alone_or_in_any_batch(exported_cnn):
         assert np.array_equal(alone, whole) and np.array_equal(alone, batched)
     finally:
         torch.set_num_threads(threads)
+
+
+class GatedModel(FakeModel):
+    """A FakeModel whose forwards wait until ``gate`` is set: a request can be caught mid-computation."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate, self.entered = threading.Event(), threading.Event()
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        self.entered.set()
+        assert self.gate.wait(10)
+        return super().__call__(x)
+
+
+def test_abandoning_a_request_drops_its_images_that_no_forward_has_taken():
+    model = GatedModel()
+    with Batcher(model, max_batch_size=2, max_delay_ms=0) as batcher:
+        split = batcher.submit(images_with_labels(range(6)))  # batches of 2: the first is in the model now
+        assert model.entered.wait(10)
+        waiting = batcher.submit(images_with_labels([7]))
+        assert batcher.abandon(split) == 4 and batcher.abandon(waiting) == 1  # only the 2 in the forward remain
+        assert waiting.cancelled()
+        model.gate.set()
+    assert model.batch_sizes == [2]  # nothing else was computed for callers who left
+    assert batcher.stats.images == 2
+
+
+def test_abandoning_an_answered_request_drops_nothing():
+    with Batcher(FakeModel(), max_batch_size=4, max_delay_ms=0) as batcher:
+        future = batcher.submit(images_with_labels([1, 2]))
+        assert list(future.result(timeout=10)) == [1, 2]
+        assert batcher.abandon(future) == 0

@@ -15,6 +15,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from hypothesis import given, settings
@@ -27,6 +28,7 @@ from avc_common.rpc.client import BudgetExhaustedError, DefenseClient, ServerUna
 from defense.batcher import classify
 from defense.cli import main
 from defense.process import ServerProcess, free_port, wait_serving
+from defense.server import DefenseServer
 from defense.stats import INTERVAL_S, ServerStats, fresh
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -292,3 +294,54 @@ def test_stats_file_counts_the_traffic_sent_while_serving_and_at_shutdown(artifa
         assert server.stop() == 0
     final = ServerStats.read(stats_file)  # written after the drain: the last call is counted
     assert (final.requests, final.images, final.errors, final.batches) == (4, 15, 1, 6)
+
+
+class GatedForward(torch.nn.Module):
+    """The artifact's model, but every forward waits for ``gate``: calls queue up behind the first one."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model, self.sizes = model, []
+        self.gate, self.entered = threading.Event(), threading.Event()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.sizes.append(len(x))
+        self.entered.set()
+        assert self.gate.wait(30)
+        return self.model(x)
+
+
+async def _stats(server: DefenseServer) -> ServerStats:
+    return server.stats()  # on the server's event loop, where its counters live
+
+
+def test_no_forward_and_no_budget_for_a_caller_who_left(artifact):
+    """A queued call whose deadline passes, or whose caller cancels it, is dropped before the model runs and its
+    images are given back to the query budget; the server then serves on."""
+    gated = GatedForward(artifact.model)
+    server = LiveServer(Artifact(gated, artifact.manifest), warm=False, max_batch_size=1, query_budget=100)
+    try:
+        stub = defense_pb2_grpc.DefenseStub(grpc.insecure_channel(server.target))
+        one = defense_pb2.PredictRequest(images=[bytes(NBYTES)])
+        first = stub.Predict.future(one, timeout=30)  # occupies the model until the gate opens
+        assert gated.entered.wait(30)
+        with pytest.raises(grpc.RpcError) as expired:
+            stub.Predict(defense_pb2.PredictRequest(images=[bytes(NBYTES)] * 3), timeout=0.3)
+        assert expired.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        cancelled = stub.Predict.future(one, timeout=30)
+        time.sleep(0.2)  # queued behind the first call
+        cancelled.cancel()
+        deadline = time.monotonic() + 10
+        while server.server.servicer.counters.dropped < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        gated.gate.set()
+        assert len(first.result(timeout=30).labels) == 1
+        assert len(stub.Predict(one, timeout=30).labels) == 1  # still serving
+        stats = server.run(_stats(server.server))
+        assert gated.sizes == [1, 1]  # the first call and the last: nothing for the two that left
+        assert (stats.dropped, stats.dropped_images, stats.requests) == (2, 4, 2)
+        info = stub.ModelInfo(defense_pb2.ModelInfoRequest(), timeout=30)
+        assert info.query_budget_remaining == 98  # charged for the two answered images only
+    finally:
+        gated.gate.set()
+        server.close()

@@ -288,6 +288,9 @@ async def load(server: Served, request: bytes, scenario: Scenario, warmup_s: flo
                 sync_predict = sync_channel.unary_unary(PREDICT)
             await asyncio.wait_for(channel.channel_ready(), timeout=30)
             predict = channel.unary_unary(PREDICT)  # bytes in, bytes out: no per-call (de)serialisation
+            # No warm-up: the counters are read before the first call, so the window's count is exact. With one,
+            # they are read at the window's start while calls run: a call on either edge may be counted or not.
+            opening = None if warmup_s else await asyncio.to_thread(server.stats)
             begin = time.perf_counter()
             tally = _Tally(scenario, (begin + warmup_s, begin + warmup_s + duration_s), max_calls)
 
@@ -318,7 +321,7 @@ async def load(server: Served, request: bytes, scenario: Scenario, warmup_s: flo
             async def meter() -> tuple[float, float, float, float, ServerStats]:
                 """Wall, client CPU, server CPU and others' cores over the window; the counters at its start."""
                 await asyncio.sleep(max(tally.window[0] - time.perf_counter(), 0))
-                counted = await asyncio.to_thread(server.stats)
+                counted = opening or await asyncio.to_thread(server.stats)
                 t0, c0, s0 = time.perf_counter(), time.process_time(), server.cpu_s()
                 other = OtherLoad(lambda: time.process_time() + server.cpu_s())
                 await asyncio.sleep(max(tally.window[1] - time.perf_counter(), 0))

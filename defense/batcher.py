@@ -22,6 +22,7 @@ import torch
 from avc_common.tensors import to_model_input
 
 Model = Callable[[torch.Tensor], torch.Tensor]
+SMOOTHING = 0.2  # weight of the newest forward in ``seconds_per_image``
 
 
 def classify(model: Model, images: np.ndarray, device: str | torch.device = "cpu") -> np.ndarray:
@@ -72,6 +73,7 @@ class Batcher:
         self._closed = False
         self._cond = threading.Condition()
         self.stats = BatchStats()
+        self.seconds_per_image = 0.0  # recent model time per image (moving average over forwards)
         self._worker = threading.Thread(target=self._run, name="batcher", daemon=True)
         self._worker.start()
 
@@ -100,6 +102,11 @@ class Batcher:
                 return 0
             future.cancel()  # an untaken request is cancelled; a partly computed one is simply never answered
             return len(pending.images) - pending.taken
+
+    @property
+    def queued_images(self) -> int:
+        """Images waiting for a forward now (not counting the one running)."""
+        return self._queued_images
 
     def reset_stats(self) -> BatchStats:
         """Count from zero again (the server does after its warm-up forward); returns the counts so far."""
@@ -135,6 +142,9 @@ class Batcher:
                 continue
             model_s = time.perf_counter() - start_s
             with self._cond:  # not lost to a concurrent reset_stats
+                per_image = model_s / len(images)
+                self.seconds_per_image = per_image if not self.seconds_per_image else \
+                    (1 - SMOOTHING) * self.seconds_per_image + SMOOTHING * per_image
                 s = self.stats
                 self.stats = BatchStats(s.batches + 1, s.images + len(images), max(s.largest, len(images)),
                                         s.model_s + model_s)

@@ -80,7 +80,8 @@ class DefenseServicer(defense_pb2_grpc.DefenseServicer):
             height=self._spec.height, width=self._spec.width, channels=self._spec.channels,
             num_classes=self._manifest["num_classes"], class_names=self._manifest["class_names"],
             max_images_per_request=self._max_images,
-            query_budget_total=self._budget.total, query_budget_remaining=self._budget.remaining)
+            query_budget_total=self._budget.total, query_budget_remaining=self._budget.remaining,
+            seconds_per_image=self._batcher.seconds_per_image, queued_images=self._batcher.queued_images)
 
     async def Predict(self, request: defense_pb2.PredictRequest,
                       context: grpc.aio.ServicerContext) -> defense_pb2.PredictResponse:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from pathlib import Path
 
 import torch
@@ -51,3 +52,15 @@ class LiveServer:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join()
         self.loop.close()
+
+
+class SlowForward(torch.nn.Module):
+    """The artifact's model at a deliberately slow, known pace: ``per_image_s`` per image of every forward."""
+
+    def __init__(self, model: torch.nn.Module, per_image_s: float) -> None:
+        super().__init__()
+        self.model, self.per_image_s = model, per_image_s
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        time.sleep(self.per_image_s * len(x))
+        return self.model(x)

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from model_fixtures import SHAPE, LiveServer, make_artifact
+from model_fixtures import SHAPE, LiveServer, SlowForward, make_artifact
 from PIL import Image
 from torch import nn
 
@@ -17,7 +17,7 @@ from attacks.scoring import cli as score_cli
 from attacks.scoring import pipeline as scoring
 from attacks.scoring.evaldata import EvalDataError, load_eval_data
 from avc_common import __version__
-from avc_common.artifact import load_artifact, save_artifact
+from avc_common.artifact import Artifact, load_artifact, save_artifact
 from avc_common.data.evalset import write_folder
 from avc_common.data.fashion_mnist import load_fashion_split
 
@@ -185,6 +185,24 @@ def test_a_server_killed_mid_run_gives_a_clear_error_and_a_resumable_report(arti
     assert done["complete"] and done["summary"]["images"] == N_IMAGES
     assert comparable(done["images"][:4]) == comparable(partial["images"])
     assert all(path.stat().st_mtime_ns == mtime for path, mtime in saved.items())  # the first chunk was not redone
+
+
+def test_a_slow_model_is_scored_to_the_end_with_the_same_results(artifact_dir, folder, tmp_path):
+    """Every call takes far longer than --timeout-s and no retry is allowed: the score still completes, equal to
+    the same score against a fast server (deadlines follow the server's measured pace)."""
+    artifact = load_artifact(artifact_dir)
+    args = ["--data", folder, "--retries", "0", *CHEAP]
+    fast = LiveServer(artifact, max_batch_size=64)
+    try:
+        assert score("--target", fast.target, *args, "--output", tmp_path / "fast") == 0
+    finally:
+        fast.close()
+    slow = LiveServer(Artifact(SlowForward(artifact.model, per_image_s=0.002), artifact.manifest), max_batch_size=64)
+    try:
+        assert score("--target", slow.target, *args, "--timeout-s", "0.005", "--output", tmp_path / "slow") == 0
+    finally:
+        slow.close()
+    assert comparable(read(tmp_path / "slow")["images"]) == comparable(read(tmp_path / "fast")["images"])
 
 
 def test_fashion_mnist_source_scores_the_first_test_images(artifact_dir, fmnist_dir, tmp_path):

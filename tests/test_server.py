@@ -20,7 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from model_fixtures import SHAPE, LiveServer, make_artifact
+from model_fixtures import SHAPE, LiveServer, SlowForward, make_artifact
 
 from avc_common.artifact import Artifact, load_artifact
 from avc_common.rpc import defense_pb2, defense_pb2_grpc
@@ -344,4 +344,32 @@ def test_no_forward_and_no_budget_for_a_caller_who_left(artifact):
         assert info.query_budget_remaining == 98  # charged for the two answered images only
     finally:
         gated.gate.set()
+        server.close()
+
+
+def test_a_busy_slow_server_is_waited_for_not_given_up_on(artifact):
+    """Three clients at once, each call far longer than the client's idle deadline and no retries allowed: every
+    call is answered, because deadlines follow the server's measured time per image and its queue, and a call
+    that still runs out of time on a server that answers ModelInfo is sent again, not failed."""
+    slow = SlowForward(artifact.model, per_image_s=0.01)
+    server = LiveServer(Artifact(slow, artifact.manifest), max_batch_size=8)
+    try:
+        images = random_images(48)
+        expected = classify(artifact.model, images)
+        with DefenseClient(server.target, timeout_s=0.1, retries=0) as probe:
+            info = probe.info()
+            assert 0.005 < info.seconds_per_image < 0.1 and info.queued_images == 0  # measured on the warm-up
+            assert probe.deadline_s(48) == pytest.approx(0.1 + 4 * info.seconds_per_image * 48)
+
+        def one_client(_: int) -> np.ndarray:
+            with DefenseClient(server.target, timeout_s=0.1, retries=0) as client:
+                return client.predict(images)  # 6 forwards of 8: about 0.5 s alone, 1.5 s behind the others
+
+        with ThreadPoolExecutor(3) as pool:
+            answers = list(pool.map(one_client, range(3)))
+        assert all(np.array_equal(labels, expected) for labels in answers)
+        stats = server.run(_stats(server.server))
+        assert stats.requests == 3 and stats.images == 144
+        assert stats.batch_images - stats.images <= 8 * stats.dropped  # a re-sent call wasted at most its forward
+    finally:
         server.close()

@@ -122,7 +122,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_json(o, "results.json")
     add_device(o, what="--model and the white-box reference")
     o.add_argument("--timeout-s", metavar="SECONDS", type=positive_float, default=30.0,
-                   help="--target: seconds per gRPC attempt")
+                   help="--target: the deadline of a call on an idle server; a Predict's also grows with its "
+                        "images and the server's queue, at the server's measured time per image, and a Predict "
+                        "that runs out of time while the server still answers is sent again (up to --max-wait-s)")
+    o.add_argument("--max-wait-s", metavar="SECONDS", type=positive_float, default=3600.0,
+                   help="--target: the longest one Predict is waited for on a busy server, re-sent included")
     o.add_argument("--retries", metavar="N", type=non_negative_int, default=5,
                    help="--target: retries (backoff doubling from 0.2 s) while the server is unavailable, "
                         "before giving up")
@@ -174,7 +178,7 @@ def open_model(args: argparse.Namespace) -> tuple[Any, dict[str, Any], list[str]
         except (ValueError, OSError) as err:
             raise BadInput(f"--model {args.model}: {err}") from None
         return model, {"artifact": str(args.model), "manifest": model.manifest}, list(model.manifest["class_names"])
-    client = DefenseClient(args.target, timeout_s=args.timeout_s, retries=args.retries)
+    client = DefenseClient(args.target, timeout_s=args.timeout_s, retries=args.retries, max_wait_s=args.max_wait_s)
     model = RemoteModel(client)
     spec = client.info()
     return model, {"target": args.target, "info": asdict(spec)}, list(spec.class_names)

@@ -1,9 +1,14 @@
 """The one gRPC client of the defense service; the scorer and the submission check both use it.
 
-Calls wait for the server to be ready and are retried with exponential backoff while
-it is unreachable or slow (UNAVAILABLE, DEADLINE_EXCEEDED), never when it refused the
-request (INVALID_ARGUMENT, RESOURCE_EXHAUSTED): those are final. A retried Predict
-may be counted twice against a query budget if the first attempt did reach the model.
+Calls wait for the server to be ready and are retried with exponential backoff while it
+is unreachable (UNAVAILABLE, or DEADLINE_EXCEEDED with no answer to ModelInfo either), never
+when it refused the request (INVALID_ARGUMENT, RESOURCE_EXHAUSTED): those are final.
+
+A busy server is not a dead one. Each Predict's deadline grows with the images it carries
+and those queued before it, at the server's own measured time per image (``ModelInfo``);
+a Predict whose deadline still passes while the server answers ModelInfo is sent again with
+a deadline from the fresh figures, without using up a retry. The server drops a queued call
+whose caller left and does not charge it, so sending it again computes and counts it once.
 """
 from __future__ import annotations
 
@@ -62,21 +67,27 @@ class ServerInfo:
     max_images_per_request: int
     budget_total: int
     budget_remaining: int
+    seconds_per_image: float = 0.0  # the model's recent time per image (0: not reported)
+    queued_images: int = 0  # images waiting for the model when this was asked
 
 
 class DefenseClient:
     """Label-only access to a defense server at ``target`` (``host:port``); use as a context manager.
 
-    ``timeout_s`` bounds each attempt, ``retries`` and ``backoff_s`` (doubling) govern the retries,
-    ``concurrency`` is how many chunks of one large :meth:`predict` are in flight at once.
+    ``timeout_s`` is the deadline of a call on an idle server; a Predict's adds ``patience`` times the
+    server's time per image for its images and those queued before it. A Predict is sent again while
+    the server is busy for at most ``max_wait_s`` in all. ``retries`` and ``backoff_s`` (doubling) govern
+    an unreachable server; ``concurrency`` is how many chunks of one large :meth:`predict` are in flight.
     """
 
     def __init__(self, target: str, timeout_s: float = 30.0, retries: int = 5, backoff_s: float = 0.2,
-                 concurrency: int = 4) -> None:
+                 concurrency: int = 4, patience: float = 4.0, max_wait_s: float = 3600.0) -> None:
         self.target = target
         self.timeout_s = timeout_s
         self.retries = retries
         self.backoff_s = backoff_s
+        self.patience = patience
+        self.max_wait_s = max_wait_s
         self._channel = grpc.insecure_channel(target)
         self._stub = defense_pb2_grpc.DefenseStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
@@ -97,11 +108,28 @@ class DefenseClient:
             attempt += 1
 
     def info(self) -> ServerInfo:
-        """The served model's input shape, classes, request limit and budget (fetched fresh)."""
-        reply = self._call(self._stub.ModelInfo, defense_pb2.ModelInfoRequest())
+        """The served model's input shape, classes, request limit, budget and load (fetched fresh)."""
+        return self._remember(self._call(self._stub.ModelInfo, defense_pb2.ModelInfoRequest()))
+
+    def deadline_s(self, images: int) -> float:
+        """The deadline of a Predict of ``images`` now: the idle one plus the server's work before the answer."""
+        info = self._info or self.info()
+        return self.timeout_s + self.patience * info.seconds_per_image * (info.queued_images + images)
+
+    def _busy(self) -> bool:
+        """Whether the server answers one ModelInfo call (so a Predict that ran out of time met a busy server,
+        not a dead one); refreshes the figures :meth:`deadline_s` uses."""
+        try:
+            self._remember(self._stub.ModelInfo(defense_pb2.ModelInfoRequest(), timeout=self.timeout_s))
+        except grpc.RpcError:
+            return False
+        return True
+
+    def _remember(self, reply: defense_pb2.ModelInfo) -> ServerInfo:
         model = ModelSpec(ImageShape(reply.height, reply.width, reply.channels), reply.num_classes)
         self._info = ServerInfo(model, tuple(reply.class_names), reply.max_images_per_request,
-                                reply.query_budget_total, reply.query_budget_remaining)
+                                reply.query_budget_total, reply.query_budget_remaining,
+                                reply.seconds_per_image, reply.queued_images)
         return self._info
 
     def predict(self, images: np.ndarray) -> np.ndarray:
@@ -114,7 +142,21 @@ class DefenseClient:
         return np.concatenate(labels) if labels else np.empty(0, dtype=np.int64)
 
     def _predict_chunk(self, images: np.ndarray) -> np.ndarray:
-        reply = self._call(self._stub.Predict, defense_pb2.PredictRequest(images=[im.tobytes() for im in images]))
+        request = defense_pb2.PredictRequest(images=[im.tobytes() for im in images])
+        give_up = time.monotonic() + self.max_wait_s
+        attempt = 0
+        while True:
+            try:
+                reply = self._stub.Predict(request, timeout=self.deadline_s(len(images)), wait_for_ready=True)
+                break
+            except grpc.RpcError as err:
+                code = err.code()
+                if code == grpc.StatusCode.DEADLINE_EXCEEDED and time.monotonic() < give_up and self._busy():
+                    continue  # slow, not gone: again, with a deadline from the server's fresh figures
+                if code not in RETRYABLE or attempt >= self.retries:
+                    raise _ERRORS.get(code, DefenseError)(code, err.details() or "") from None
+            time.sleep(self.backoff_s * 2 ** attempt)
+            attempt += 1
         if len(reply.labels) != len(images):
             raise DefenseError(grpc.StatusCode.INTERNAL,
                                f"server answered {len(reply.labels)} labels for {len(images)} images")

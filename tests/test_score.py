@@ -197,9 +197,9 @@ def test_a_slow_model_is_scored_to_the_end_with_the_same_results(artifact_dir, f
         assert score("--target", fast.target, *args, "--output", tmp_path / "fast") == 0
     finally:
         fast.close()
-    slow = LiveServer(Artifact(SlowForward(artifact.model, per_image_s=0.002), artifact.manifest), max_batch_size=64)
+    slow = LiveServer(Artifact(SlowForward(artifact.model, per_image_s=0.005), artifact.manifest), max_batch_size=64)
     try:
-        assert score("--target", slow.target, *args, "--timeout-s", "0.005", "--output", tmp_path / "slow") == 0
+        assert score("--target", slow.target, *args, "--timeout-s", "0.05", "--output", tmp_path / "slow") == 0
     finally:
         slow.close()
     assert comparable(read(tmp_path / "slow")["images"]) == comparable(read(tmp_path / "fast")["images"])

@@ -27,6 +27,7 @@ from avc_common.rpc import defense_pb2, defense_pb2_grpc
 
 Reply = TypeVar("Reply")
 RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+PROBE_S = 5.0  # the least time a server gets to answer "are you there?" (ModelInfo runs off the model's queue)
 
 
 class DefenseError(Exception):
@@ -120,7 +121,7 @@ class DefenseClient:
         """Whether the server answers one ModelInfo call (so a Predict that ran out of time met a busy server,
         not a dead one); refreshes the figures :meth:`deadline_s` uses."""
         try:
-            self._remember(self._stub.ModelInfo(defense_pb2.ModelInfoRequest(), timeout=self.timeout_s))
+            self._remember(self._stub.ModelInfo(defense_pb2.ModelInfoRequest(), timeout=max(self.timeout_s, PROBE_S)))
         except grpc.RpcError:
             return False
         return True

@@ -42,8 +42,7 @@ class Artifact:
     @property
     def input_shape(self) -> ImageShape:
         """The images the model takes."""
-        spec = self.manifest["input"]
-        return ImageShape(spec["height"], spec["width"], spec["channels"])
+        return ImageShape.from_mapping(self.manifest["input"])
 
     @property
     def num_classes(self) -> int:
@@ -99,10 +98,9 @@ def save_artifact(model: nn.Module, out_dir: str | Path, *, input_shape: tuple[i
     program = export_program(model, input_shape)
     with atomic_open(out_dir / MODEL_FILE, "wb") as f:
         torch.export.save(program, f)
-    height, width, channels = input_shape
     manifest = {
         "format": FORMAT,
-        "input": {"height": height, "width": width, "channels": channels},
+        "input": ImageShape(*input_shape)._asdict(),
         "num_classes": len(class_names),
         "class_names": list(class_names),
         "arch": arch,
@@ -134,7 +132,7 @@ def read_manifest(art_dir: str | Path) -> dict[str, Any]:
         raise ArtifactError(f"{path}: missing field(s) {', '.join(missing)}")
     if manifest["format"] != FORMAT:
         raise ArtifactError(f"{path}: format {manifest['format']!r}, this version reads format {FORMAT}")
-    if not all(k in manifest["input"] for k in ("height", "width", "channels")):
+    if not all(k in manifest["input"] for k in ImageShape._fields):
         raise ArtifactError(f"{path}: 'input' must give height, width and channels")
     if MODEL_FILE not in manifest["sha256"]:
         raise ArtifactError(f"{path}: 'sha256' must list {MODEL_FILE}")

@@ -8,7 +8,8 @@ and :func:`avc_common.tensors.to_model_input` is the one conversion from the fir
 """
 from __future__ import annotations
 
-from typing import NamedTuple
+from collections.abc import Mapping
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -19,6 +20,11 @@ class ImageShape(NamedTuple):
     height: int
     width: int
     channels: int
+
+    @classmethod
+    def from_mapping(cls, spec: Mapping[str, Any]) -> ImageShape:
+        """The shape a manifest's ``input`` mapping gives (an artifact's, or crisp.yaml's; other keys ignored)."""
+        return cls(*(int(spec[name]) for name in cls._fields))
 
     @property
     def nbytes(self) -> int:

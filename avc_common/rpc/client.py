@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from typing import TypeVar
 
 import grpc
@@ -95,14 +96,24 @@ class DefenseClient:
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="defense-client")
         self._info: ServerInfo | None = None
 
-    def _call(self, method: Callable[..., Reply], request: object) -> Reply:
-        """One unary call with wait-for-ready, a per-attempt timeout and backoff on transient failures."""
+    def _call(self, method: Callable[..., Reply], request: object,
+              deadline_s: Callable[[], float] | None = None) -> Reply:
+        """One unary call with wait-for-ready and backoff while the server is unreachable.
+
+        Each attempt gets ``timeout_s``, or ``deadline_s()`` for a call the server's load decides (a Predict):
+        such a call that runs out of time while the server still answers ModelInfo is sent again, within
+        ``max_wait_s``, without using up a retry.
+        """
+        give_up = time.monotonic() + self.max_wait_s
         attempt = 0
         while True:
             try:
-                return method(request, timeout=self.timeout_s, wait_for_ready=True)
+                return method(request, timeout=deadline_s() if deadline_s else self.timeout_s, wait_for_ready=True)
             except grpc.RpcError as err:
                 code = err.code()
+                if (deadline_s and code == grpc.StatusCode.DEADLINE_EXCEEDED and time.monotonic() < give_up
+                        and self._busy()):
+                    continue  # slow, not gone: again, with a deadline from the server's fresh figures
                 if code not in RETRYABLE or attempt >= self.retries:
                     raise _ERRORS.get(code, DefenseError)(code, err.details() or "") from None
             time.sleep(self.backoff_s * 2 ** attempt)
@@ -144,20 +155,7 @@ class DefenseClient:
 
     def _predict_chunk(self, images: np.ndarray) -> np.ndarray:
         request = defense_pb2.PredictRequest(images=[im.tobytes() for im in images])
-        give_up = time.monotonic() + self.max_wait_s
-        attempt = 0
-        while True:
-            try:
-                reply = self._stub.Predict(request, timeout=self.deadline_s(len(images)), wait_for_ready=True)
-                break
-            except grpc.RpcError as err:
-                code = err.code()
-                if code == grpc.StatusCode.DEADLINE_EXCEEDED and time.monotonic() < give_up and self._busy():
-                    continue  # slow, not gone: again, with a deadline from the server's fresh figures
-                if code not in RETRYABLE or attempt >= self.retries:
-                    raise _ERRORS.get(code, DefenseError)(code, err.details() or "") from None
-            time.sleep(self.backoff_s * 2 ** attempt)
-            attempt += 1
+        reply = self._call(self._stub.Predict, request, partial(self.deadline_s, len(images)))
         if len(reply.labels) != len(images):
             raise DefenseError(grpc.StatusCode.INTERNAL,
                                f"server answered {len(reply.labels)} labels for {len(images)} images")

@@ -41,8 +41,7 @@ class Submission:
 
     @property
     def input_shape(self) -> ImageShape:
-        spec = self.doc["input"]
-        return ImageShape(spec["height"], spec["width"], spec["channels"])
+        return ImageShape.from_mapping(self.doc["input"])
 
     @property
     def num_classes(self) -> int:

@@ -23,8 +23,25 @@ class ImageShape(NamedTuple):
 
     @classmethod
     def from_mapping(cls, spec: Mapping[str, Any]) -> ImageShape:
-        """The shape a manifest's ``input`` mapping gives (an artifact's, or crisp.yaml's; other keys ignored)."""
-        return cls(*(int(spec[name]) for name in cls._fields))
+        """The shape a manifest's ``input`` mapping gives (an artifact's, or crisp.yaml's; other keys ignored).
+
+        Raises ``ValueError`` naming every field that is not a positive integer. Nothing is coerced: ``"28"``
+        or ``28.0`` read from a file would otherwise compare unequal to 28 while printing the same.
+        """
+        if not isinstance(spec, Mapping):
+            raise ValueError(f"input holds {spec!r} ({type(spec).__name__}); expected a mapping of height, width "
+                             f"and channels, each a positive integer")
+        wrong = []
+        for name in cls._fields:
+            if name not in spec:
+                wrong.append(f"input.{name} is missing; expected height, width and channels, each a positive integer")
+                continue
+            value = spec[name]
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                wrong.append(f"input.{name} holds {value!r} ({type(value).__name__}); expected a positive integer")
+        if wrong:
+            raise ValueError("; ".join(wrong))
+        return cls(*(spec[name] for name in cls._fields))
 
     @property
     def nbytes(self) -> int:

@@ -99,7 +99,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--iters", type=int, default=3, help="steps per round")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0 = torch's default)")
     p.add_argument("--fast", action="store_true",
-                   help="also time ours with bf16 autocast + channels_last (+ torch.compile on CUDA)")
+                   help="also time ours with bf16 autocast + channels_last (+ torch.compile, see --compile)")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="torch.compile the --fast step (default: on CUDA only; --no-compile times bf16 + "
+                        "channels_last alone, in seconds where compiling takes minutes)")
     p.add_argument("--json", type=Path, default=None, help="also write the figures to this JSON file")
     args = p.parse_args(argv)
     if args.threads:
@@ -128,9 +131,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.fast:
         model = copy.deepcopy(base).to(memory_format=torch.channels_last)
         opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-        forward = torch.compile(model) if device.type == "cuda" else model
+        compiled = device.type == "cuda" if args.compile is None else args.compile
+        forward = torch.compile(model) if compiled else model
         bf16 = lambda: torch.autocast(device.type, dtype=torch.bfloat16)  # noqa: E731
-        steps["ours+bf16+channels_last" + ("+compile" if device.type == "cuda" else "")] = make_step(
+        steps["ours+bf16+channels_last" + ("+compile" if compiled else "")] = make_step(
             ours, forward, opt, x.contiguous(memory_format=torch.channels_last), y, cfg, bf16)
     for step in steps.values():  # warm-up (and compilation)
         step()

@@ -5,7 +5,9 @@ loop and never runs twice at once. A batch closes when ``max_batch_size`` images
 queued or ``max_delay_ms`` after its oldest request arrived, whichever comes first; a
 request larger than a batch is split across consecutive batches. Callers get a
 ``concurrent.futures.Future`` (``asyncio.wrap_future`` makes it awaitable), resolved
-with their own labels in their own order.
+with their own labels in their own order. With ``max_queued_images`` the queue is bounded:
+a request that would take it past the cap is refused whole (:class:`QueueFull`), so that a
+flood of callers costs a refusal each rather than the server's memory (``defense/limits.py``).
 """
 from __future__ import annotations
 
@@ -41,6 +43,10 @@ class BatchStats:
     model_s: float = 0.0  # wall time inside ``classify``: what the server adds is the rest of a call
 
 
+class QueueFull(RuntimeError):
+    """:meth:`Batcher.submit` refused a request whole: its images would take the queue past ``max_queued_images``."""
+
+
 class _Pending:
     """One submitted request: its images, how many were already taken into batches, its labels."""
 
@@ -60,13 +66,14 @@ class Batcher:
     """
 
     def __init__(self, model: Model, *, max_batch_size: int = 256, max_delay_ms: float = 2.0,
-                 device: str | torch.device = "cpu") -> None:
-        if max_batch_size < 1 or max_delay_ms < 0:
-            raise ValueError(f"need max_batch_size >= 1 and max_delay_ms >= 0, "
-                             f"got {max_batch_size} and {max_delay_ms}")
+                 device: str | torch.device = "cpu", max_queued_images: int | None = None) -> None:
+        if max_batch_size < 1 or max_delay_ms < 0 or (max_queued_images is not None and max_queued_images < 1):
+            raise ValueError(f"need max_batch_size >= 1, max_delay_ms >= 0 and max_queued_images None or >= 1, "
+                             f"got {max_batch_size}, {max_delay_ms} and {max_queued_images}")
         self._model = model
         self._device = device
         self.max_batch_size = max_batch_size
+        self.max_queued_images = max_queued_images  # None: unbounded
         self._max_delay_s = max_delay_ms / 1000
         self._queue: collections.deque[_Pending] = collections.deque()
         self._queued_images = 0
@@ -78,13 +85,20 @@ class Batcher:
         self._worker.start()
 
     def submit(self, images: np.ndarray) -> Future[np.ndarray]:
-        """Queue uint8 N x H x W x C images (N >= 1); the future resolves to their int64 labels."""
+        """Queue uint8 N x H x W x C images (N >= 1); the future resolves to their int64 labels.
+
+        Raises :class:`QueueFull` (and queues nothing) if they would take the queue past ``max_queued_images``.
+        """
         if images.dtype != np.uint8 or images.ndim != 4 or len(images) == 0:
             raise ValueError(f"expected a non-empty uint8 N x H x W x C array, got {images.dtype} {images.shape}")
         pending = _Pending(images)
         with self._cond:
             if self._closed:
                 raise RuntimeError("batcher is closed")
+            cap = self.max_queued_images
+            if cap is not None and self._queued_images + len(images) > cap:
+                raise QueueFull(f"{self._queued_images} images queued for the model, and {len(images)} more would pass "
+                                f"the cap of {cap}")
             self._queue.append(pending)
             self._queued_images += len(images)
             self._cond.notify()

@@ -25,6 +25,8 @@ from avc_common.cli import (
     positive_int,
     set_threads,
 )
+from avc_common.images import ImageShape
+from defense import limits
 from defense.server import ServerConfig, serve
 
 DEFAULTS = ServerConfig()
@@ -43,10 +45,28 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="longest a request waits for others to fill its batch")
     p.add_argument("--query-budget", metavar="IMAGES", type=non_negative_int, default=DEFAULTS.query_budget,
                    help="total images the server will classify, then RESOURCE_EXHAUSTED (0 = unlimited)")
+    mib = DEFAULTS.memory_mib  # the derived defaults, worked out for the help
+    calls = limits.default_max_concurrent_calls(mib)
+    fmnist = limits.default_max_queued_images(ImageShape(28, 28, 1), mib)
+    p.add_argument("--memory-mib", metavar="MIB", type=positive_int, default=DEFAULTS.memory_mib,
+                   help="the memory the server is given (crisp.yaml declares resources.memory: 4Gi); the next two "
+                        "caps are derived from it. Half is for the process itself, a quarter for queued images, a "
+                        "quarter for calls (defense/limits.py, docs/grpc.md \"Load and shutdown\")")
+    p.add_argument("--max-concurrent-calls", metavar="N", type=positive_int, default=DEFAULTS.max_concurrent_calls,
+                   help="most Predict calls waiting for labels at once; one more is refused with RESOURCE_EXHAUSTED "
+                        f"and a retry hint, not charged (default: a quarter of --memory-mib at "
+                        f"{limits.BYTES_PER_CALL // 1024} KiB a call, {calls} for {mib} MiB)")
+    p.add_argument("--max-queued-images", metavar="N", type=positive_int, default=DEFAULTS.max_queued_images,
+                   help="most images waiting for the model; a Predict that would pass it is refused with "
+                        "RESOURCE_EXHAUSTED and a retry hint, not charged (default: a quarter of --memory-mib over "
+                        f"{limits.COPIES_PER_QUEUED_IMAGE} copies of the model's image, H x W x C bytes each: "
+                        f"{fmnist} for 28 x 28 x 1 at {mib} MiB; never below --max-images-per-request or "
+                        f"--max-batch-size)")
     add_threads(p)
     add_device(p, default="cpu")  # the container's CMD passes --device cpu; a GPU image passes --device cuda
     p.add_argument("--grace-s", metavar="SECONDS", type=non_negative_float, default=DEFAULTS.grace_s,
-                   help="on SIGTERM/SIGINT, how long in-flight calls may take to finish")
+                   help="on SIGTERM/SIGINT, how long in-flight calls may take to finish (health says NOT_SERVING and "
+                        "new calls get UNAVAILABLE meanwhile); the server exits as soon as they have")
     p.add_argument("--stats-file", metavar="PATH", type=Path, default=DEFAULTS.stats_file,
                    help="also keep the cumulative counters in this JSON file (fields: defense/stats.py), rewritten "
                         "about once a second while there is traffic, at shutdown and on SIGUSR1")
@@ -55,7 +75,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Serve until a signal; 0 after a clean drain, 2 for a bad artifact, 1 if the address cannot be bound."""
+    """Serve until a signal; 0 after a clean drain, 2 for a bad artifact or caps, 1 if the address cannot be bound."""
+    floor = max(args.max_images_per_request, args.max_batch_size)
+    if args.max_queued_images is not None and args.max_queued_images < floor:
+        print(f"error: --max-queued-images: expected at least {floor} (--max-images-per-request and --max-batch-size: "
+              f"a full request or batch must fit the queue), got {args.max_queued_images}", file=sys.stderr)
+        return 2
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     set_threads(args.threads)
     torch.backends.fp32_precision = "ieee"  # true fp32 on every device (no TF32): labels as exported
@@ -66,7 +91,9 @@ def run(args: argparse.Namespace) -> int:
         return 2
     config = ServerConfig(host=args.host, port=args.port, max_images_per_request=args.max_images_per_request,
                           max_batch_size=args.max_batch_size, max_delay_ms=args.max_delay_ms,
-                          query_budget=args.query_budget, grace_s=args.grace_s, stats_file=args.stats_file)
+                          query_budget=args.query_budget, grace_s=args.grace_s, stats_file=args.stats_file,
+                          memory_mib=args.memory_mib, max_concurrent_calls=args.max_concurrent_calls,
+                          max_queued_images=args.max_queued_images)
     try:
         asyncio.run(serve(artifact, config, str(args.device)))
     except OSError as err:

@@ -8,29 +8,41 @@ model runs in the batcher's own thread, never on the event loop.
 
 The servicer only translates: bytes -> :func:`decode_images` -> :class:`QueryBudget`
 -> :class:`Batcher` -> labels; each of those is tested on its own without a network.
+Every request is parsed inside its handler (:mod:`defense.wire`), so a body that is not a
+protobuf is an ordinary INVALID_ARGUMENT, and everything a client can make the server refuse
+is counted and logged at most once per :data:`defense.throttled_log.INTERVAL_S` per kind.
 """
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 import grpc
 import numpy as np
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_health.v1 import health_pb2
+from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from avc_common.artifact import Artifact
-from avc_common.rpc import defense_pb2, defense_pb2_grpc
-from defense.batcher import Batcher
+from avc_common.images import ImageShape
+from avc_common.rpc import PUSHBACK_KEY, defense_pb2, defense_pb2_grpc
+from defense import health_service, limits, wire
+from defense.batcher import Batcher, QueueFull
 from defense.budget import QueryBudget
+from defense.health_service import HealthService
 from defense.stats import INTERVAL_S, ServerStats
+from defense.throttled_log import ThrottledLog
 from defense.validation import RequestError, decode_images, max_message_bytes
 
-SERVICE = defense_pb2.DESCRIPTOR.services_by_name["Defense"].full_name
+DEFENSE = defense_pb2.DESCRIPTOR.services_by_name["Defense"]
+SERVICE = DEFENSE.full_name
+REFLECTION = reflection_pb2.DESCRIPTOR.services_by_name["ServerReflection"]
+PUSHBACK_S = (0.01, 1.0)  # the hint: the model's time for the images queued now, within these bounds
 log = logging.getLogger("defense.server")
 
 
@@ -49,6 +61,16 @@ class ServerConfig:
     query_budget: int = 0
     grace_s: float = 10.0
     stats_file: Path | None = None  # where to keep the counters as JSON (defense/stats.py); None: nowhere
+    memory_mib: int = limits.MEMORY_MIB  # what the two caps below are derived from when they are None
+    max_concurrent_calls: int | None = None  # None: limits.default_max_concurrent_calls(memory_mib)
+    max_queued_images: int | None = None  # None: limits.default_max_queued_images(...), at least a full request/batch
+
+    def caps(self, shape: ImageShape) -> tuple[int, int]:
+        """(most Predict calls in flight, most images queued) for a model taking ``shape`` images."""
+        calls = self.max_concurrent_calls or limits.default_max_concurrent_calls(self.memory_mib)
+        images = self.max_queued_images or max(limits.default_max_queued_images(shape, self.memory_mib),
+                                               self.max_images_per_request, self.max_batch_size)
+        return calls, images
 
 
 @dataclass
@@ -58,20 +80,33 @@ class Counters:
     requests: int = 0
     images: int = 0
     errors: int = 0
+    unparsable: int = 0  # bodies, of any method, that were not a protobuf of its request
+    busy: int = 0  # Predicts refused by --max-concurrent-calls or --max-queued-images
+    draining: int = 0  # Predicts refused because the server was shutting down
     dropped: int = 0  # calls whose caller left (cancelled, deadline passed) before all their images were computed
     dropped_images: int = 0  # their images that were never computed (nor charged to the query budget)
     answer_s: float = 0.0  # wall time of answered Predicts, entry to return: the server's part of a call
 
 
 class DefenseServicer(defense_pb2_grpc.DefenseServicer):
-    """Wire <-> domain: decode and check, charge the budget, batch, answer labels."""
+    """Wire <-> domain: decode and check, charge the budget, batch, answer labels.
 
-    def __init__(self, artifact: Artifact, max_images: int, batcher: Batcher, budget: QueryBudget) -> None:
+    At most ``max_calls`` Predicts wait for labels at once; :meth:`drain` stops taking new ones.
+    """
+
+    def __init__(self, artifact: Artifact, max_images: int, batcher: Batcher, budget: QueryBudget,
+                 max_calls: int, refusals: ThrottledLog) -> None:
         self._spec = artifact.input_shape
         self._manifest = artifact.manifest
         self._max_images = max_images
         self._batcher = batcher
         self._budget = budget
+        self._max_calls = max_calls
+        self._refusals = refusals
+        self._in_flight = 0  # Predicts whose images are with the batcher
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._draining = False
         self.counters = Counters()
 
     async def ModelInfo(self, request: defense_pb2.ModelInfoRequest,
@@ -86,13 +121,26 @@ class DefenseServicer(defense_pb2_grpc.DefenseServicer):
     async def Predict(self, request: defense_pb2.PredictRequest,
                       context: grpc.aio.ServicerContext) -> defense_pb2.PredictResponse:
         start_s = time.perf_counter()
+        if self._draining:
+            self.counters.draining += 1
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "the server is shutting down; send the call again")
+        if self._in_flight >= self._max_calls:
+            await self._refuse_busy(context, "calls", f"{self._in_flight} Predict calls are waiting for labels, the "
+                                                      f"most this server takes (--max-concurrent-calls)")
         try:
             images = decode_images(request.images, self._spec, self._max_images)
             self._budget.spend(len(images))
         except RequestError as err:
             self.counters.errors += 1
             await context.abort(err.code, err.message)
-        future = self._batcher.submit(images)
+        del request  # its copy of the images: while they wait, the decoded array is the only one left to us
+        try:
+            future = self._batcher.submit(images)
+        except QueueFull as err:
+            self._budget.refund(len(images))
+            await self._refuse_busy(context, "queue", f"{err} (--max-queued-images)")
+        self._in_flight += 1  # no await since the check above: the cap holds exactly
+        self._idle.clear()
         try:
             labels = await asyncio.wrap_future(future)
         except asyncio.CancelledError:  # the caller left (cancelled, or its deadline passed): no forward for it
@@ -100,16 +148,45 @@ class DefenseServicer(defense_pb2_grpc.DefenseServicer):
                 self._budget.refund(dropped)
                 self.counters.dropped += 1
                 self.counters.dropped_images += dropped
+                self._refusals.warning("dropped", "a caller (%s) left before its labels: %d images not computed "
+                                       "and not charged", context.peer(), dropped)
             raise
         except Exception:
             self.counters.errors += 1
             log.exception("model forward failed")
             await context.abort(grpc.StatusCode.INTERNAL, "model forward failed; see the server log")
+        finally:
+            self._in_flight -= 1
+            if not self._in_flight:
+                self._idle.set()
         response = defense_pb2.PredictResponse(labels=labels.tolist())
         self.counters.requests += 1
         self.counters.images += len(labels)
         self.counters.answer_s += time.perf_counter() - start_s
         return response
+
+    def unparsable(self, method: str, nbytes: int, context: grpc.aio.ServicerContext) -> None:
+        """Count and (throttled) log a body that was not a protobuf of ``method``'s request (:mod:`defense.wire`)."""
+        self.counters.unparsable += 1
+        self._refusals.warning("unparsable", "refused a %d-byte body to %s from %s that is not a protobuf of its "
+                               "request: INVALID_ARGUMENT", nbytes, method, context.peer())
+
+    async def drain(self, timeout_s: float) -> None:
+        """Refuse new Predicts (UNAVAILABLE); return when those in flight are answered, or after ``timeout_s``."""
+        self._draining = True
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), timeout_s)
+
+    async def _refuse_busy(self, context: grpc.aio.ServicerContext, kind: str, why: str) -> NoReturn:
+        """RESOURCE_EXHAUSTED with a retry hint, uncharged: the server is full now, not the request wrong."""
+        self.counters.busy += 1
+        self._refusals.warning(f"busy-{kind}", "busy: %s; refused a call from %s with RESOURCE_EXHAUSTED",
+                               why, context.peer())
+        low, high = PUSHBACK_S
+        pushback_s = min(max(self._batcher.seconds_per_image * self._batcher.queued_images, low), high)
+        await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                            f"server busy: {why}; send the call again later (it was not charged to the query budget)",
+                            ((PUSHBACK_KEY, str(round(pushback_s * 1000))),))
 
 
 class DefenseServer:
@@ -125,11 +202,12 @@ class DefenseServer:
         self.config = config
         self._artifact = artifact
         self._device = device
-        self.batcher = Batcher(artifact.model, max_batch_size=config.max_batch_size,
-                               max_delay_ms=config.max_delay_ms, device=device)
+        self.max_concurrent_calls, self.max_queued_images = config.caps(artifact.input_shape)
+        self.batcher = Batcher(artifact.model, max_batch_size=config.max_batch_size, max_delay_ms=config.max_delay_ms,
+                               device=device, max_queued_images=self.max_queued_images)
         self.servicer = DefenseServicer(artifact, config.max_images_per_request, self.batcher,
-                                        QueryBudget(config.query_budget))
-        self._health = health.aio.HealthServicer()
+                                        QueryBudget(config.query_budget), self.max_concurrent_calls, ThrottledLog(log))
+        self._health = HealthService(("", SERVICE))
         self._server: grpc.aio.Server | None = None
         self._started_s: float | None = None
         self._stopped = asyncio.Event()
@@ -143,11 +221,13 @@ class DefenseServer:
         limit = max_message_bytes(self._artifact.input_shape, self.config.max_images_per_request)
         # so_reuseport off: a second server on a busy port fails instead of silently sharing it
         server = grpc.aio.server(options=[("grpc.max_receive_message_length", limit), ("grpc.so_reuseport", 0)])
-        defense_pb2_grpc.add_DefenseServicer_to_server(self.servicer, server)
-        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
-        reflection.enable_server_reflection((SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-        for name in ("", SERVICE):
-            await self._health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        servicer, health = self.servicer, self._health
+        served = {DEFENSE: {"ModelInfo": servicer.ModelInfo, "Predict": servicer.Predict},
+                  health_service.SERVICE: {"Check": health.Check, "Watch": health.Watch}}
+        reflecting = reflection.aio.ReflectionServicer([*(s.full_name for s in served), REFLECTION.full_name])
+        served[REFLECTION] = {"ServerReflectionInfo": reflecting.ServerReflectionInfo}
+        for service, behaviours in served.items():
+            wire.add_service(server, service, behaviours, servicer.unparsable)
         address = f"{self.config.host}:{self.config.port}"
         try:
             port = server.add_insecure_port(address)
@@ -172,20 +252,28 @@ class DefenseServer:
         await asyncio.wrap_future(self.batcher.submit(zeros))
         self.batcher.reset_stats()  # the counters describe traffic; a batch of zeros at max size is none of it
         await self._write_stats()  # before SERVING: whoever waits for SERVING finds the file
-        for name in ("", SERVICE):
-            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        await self._health.set(health_pb2.HealthCheckResponse.SERVING)
         self._reporter = asyncio.create_task(self._report())
 
     async def stop(self, grace_s: float | None = None) -> None:
-        """Report NOT_SERVING, refuse new calls, let in-flight ones finish (up to the grace period).
+        """Drain, then stop; returns within the grace period (``config.grace_s`` unless given) and a moment.
 
-        Reports go on through the drain; the stats file's last write follows it, so it counts
-        every call the server answered.
+        The drain: health reports NOT_SERVING (to Check and to open Watch streams: the port stays open),
+        new Predicts are refused with UNAVAILABLE, queued ones go to the model at once (nothing more
+        can join their batches) and in-flight ones are answered. It ends when none is left, or at the end
+        of the grace period; then Watch streams end and gRPC stops, cancelling whatever is left. Reports
+        go on through the drain; the stats file's last write follows it, so it counts every call the
+        server answered.
         """
-        await self._health.enter_graceful_shutdown()
+        loop = asyncio.get_running_loop()
+        end_s = loop.time() + (self.config.grace_s if grace_s is None else grace_s)
+        await self._health.set(health_pb2.HealthCheckResponse.NOT_SERVING)
+        closing = asyncio.ensure_future(asyncio.to_thread(self.batcher.close))
+        await self.servicer.drain(end_s - loop.time())
+        await self._health.close()
         if self._server is not None:
-            await self._server.stop(self.config.grace_s if grace_s is None else grace_s)
-        await asyncio.to_thread(self.batcher.close)
+            await self._server.stop(max(end_s - loop.time(), 0.0))
+        await closing
         self._stopped.set()
         if self._reporter is not None:
             await self._reporter
@@ -195,6 +283,7 @@ class DefenseServer:
         """The counters now (fields: :class:`defense.stats.ServerStats`); call it on the server's event loop."""
         counters, batches = self.servicer.counters, self.batcher.stats
         return ServerStats(requests=counters.requests, images=counters.images, errors=counters.errors,
+                           unparsable=counters.unparsable, busy=counters.busy, draining=counters.draining,
                            dropped=counters.dropped, dropped_images=counters.dropped_images,
                            batches=batches.batches, batch_images=batches.images, largest_batch=batches.largest,
                            model_s=batches.model_s, answer_s=counters.answer_s,
@@ -229,11 +318,11 @@ class DefenseServer:
                 pass
             now = self.stats()
             new = now.since(last)
-            if new.requests or new.errors:
-                log.info("%.0f images/s, %d requests (%.2f ms each in the server), %d errors, "
-                         "%d batches (mean %.1f images, %.2f ms in the model)",
+            if new.requests or new.errors or new.unparsable or new.busy:
+                log.info("%.0f images/s, %d requests (%.2f ms each in the server), %d errors, %d unparsable, "
+                         "%d busy, %d batches (mean %.1f images, %.2f ms in the model)",
                          new.images / new.uptime_s, new.requests, new.answer_s * 1e3 / max(new.requests, 1),
-                         new.errors, new.batches, new.batch_images / max(new.batches, 1),
+                         new.errors, new.unparsable, new.busy, new.batches, new.batch_images / max(new.batches, 1),
                          new.model_s * 1e3 / max(new.batches, 1))
                 try:
                     await self._write_stats()
@@ -250,8 +339,9 @@ async def serve(artifact: Artifact, config: ServerConfig, device: str = "cpu") -
     server = DefenseServer(artifact, config, device)
     asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, server.request_snapshot)
     port = await server.start()
-    log.info("listening on %s:%d (%s, %s x %s x %s, %d classes, device %s)", config.host, port,
-             artifact.manifest["arch"], *artifact.input_shape, artifact.num_classes, device)
+    log.info("listening on %s:%d (%s, %s x %s x %s, %d classes, device %s; at most %d calls in flight and %d images "
+             "queued)", config.host, port, artifact.manifest["arch"], *artifact.input_shape, artifact.num_classes,
+             device, server.max_concurrent_calls, server.max_queued_images)
     await server.warm_up()
     log.info("model warmed up; SERVING%s", f"; counters in {config.stats_file}" if config.stats_file else "")
     await stopping.wait()

@@ -28,6 +28,11 @@ class ServerStats:
     - ``requests``: Predict calls answered with labels; ``images``: the images in them;
     - ``errors``: Predict calls refused by the server (malformed, over the budget) or failed in the model
       (a message over the size limit is refused by gRPC before it reaches the server and is not counted);
+    - ``unparsable``: bodies, to any method, that were not a protobuf of its request (INVALID_ARGUMENT; not in
+      ``errors``);
+    - ``busy``: Predict calls refused with RESOURCE_EXHAUSTED because the server was full (``--max-concurrent-calls``,
+      ``--max-queued-images``), not charged to a query budget; ``draining``: Predict calls refused with UNAVAILABLE
+      because the server was shutting down;
     - ``dropped``: Predict calls whose caller left (cancelled, or its deadline passed) while their images were
       still queued; ``dropped_images``: those images, never computed and not charged to a query budget;
     - ``batches``: model forwards; ``batch_images``: the images in them (``images`` plus those of calls still
@@ -43,6 +48,9 @@ class ServerStats:
     requests: int = 0
     images: int = 0
     errors: int = 0
+    unparsable: int = 0
+    busy: int = 0
+    draining: int = 0
     dropped: int = 0
     dropped_images: int = 0
     batches: int = 0

@@ -12,7 +12,7 @@ import torch
 from model_fixtures import make_artifact
 
 from avc_common.artifact import load_artifact
-from defense.batcher import Batcher, classify
+from defense.batcher import Batcher, QueueFull, classify
 
 
 class FakeModel:
@@ -213,3 +213,18 @@ def test_abandoning_an_answered_request_drops_nothing():
         future = batcher.submit(images_with_labels([1, 2]))
         assert list(future.result(timeout=10)) == [1, 2]
         assert batcher.abandon(future) == 0
+
+
+def test_a_request_that_would_pass_the_queue_cap_is_refused_whole():
+    model = GatedModel()
+    with Batcher(model, max_batch_size=2, max_delay_ms=0, max_queued_images=3) as batcher:
+        running = batcher.submit(images_with_labels([1, 2]))  # taken into the forward: no longer queued
+        assert model.entered.wait(10)
+        queued = batcher.submit(images_with_labels([3, 4, 5]))
+        with pytest.raises(QueueFull, match="3 images queued for the model, and 1 more would pass the cap of 3"):
+            batcher.submit(images_with_labels([6]))
+        assert batcher.queued_images == 3
+        model.gate.set()
+        assert running.result(timeout=10).tolist() == [1, 2] and queued.result(timeout=10).tolist() == [3, 4, 5]
+        assert batcher.submit(images_with_labels([6, 7, 8])).result(timeout=10).tolist() == [6, 7, 8]  # room again
+    assert model.batch_sizes == [2, 2, 1, 2, 1]

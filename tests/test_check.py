@@ -198,3 +198,10 @@ def test_committed_crisp_yaml_is_well_formed():
     _, problems = load(ROOT / "crisp.yaml")
     assert all((p.field == "artifact.path" and "make train-fmnist-trades" in p.fix) or p.field == "artifact.sha256"
                for p in problems), problems
+
+
+def test_a_field_given_twice_is_refused_not_silently_overwritten(tmp_path):
+    (tmp_path / "crisp.yaml").write_text("model:\n  artifact: a\n  artifact: b\n")
+    submission, problems = load(tmp_path / "crisp.yaml")
+    assert submission is None
+    assert "duplicate key 'artifact'" in problems[0].message

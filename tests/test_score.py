@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 from pathlib import Path
 
+import grpc
 import numpy as np
 import pytest
 import torch
@@ -20,12 +22,14 @@ from avc_common import __version__
 from avc_common.artifact import Artifact, load_artifact, save_artifact
 from avc_common.data.evalset import write_folder
 from avc_common.data.fashion_mnist import load_fashion_split
+from avc_common.rpc.client import DefenseClient, ServerUnavailableError
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 N_IMAGES = 8
 CHEAP = ["--attacks", "contrast,hsja", "--budget", "40", "--batch-images", "4", "--no-progress"]
 TIMING = {"wall_time_s", "session_wall_time_s", "command", "error", "complete"}
+WAIT_S = 20  # how long a test's rendezvous between threads may take before it counts as broken
 
 
 @pytest.fixture(scope="module")
@@ -42,12 +46,24 @@ def folder(artifact_dir, tmp_path_factory) -> Path:
     return write_folder(tmp_path_factory.mktemp("evalset"), images, labels)
 
 
+@pytest.fixture
+def no_plots(monkeypatch):
+    """Skips cdf.png and gallery.png (most of a small score's time) in tests about what the runs compute."""
+    monkeypatch.setattr(score_cli, "plot_cdf", lambda *a: None)
+    monkeypatch.setattr(score_cli, "plot_gallery", lambda *a: None)
+
+
 def score(*argv: str | Path) -> int:
     return score_cli.main([str(a) for a in argv])
 
 
 def read(out: Path) -> dict:
     return json.loads((out / "results.json").read_text())
+
+
+def unit_threads() -> list[threading.Thread]:
+    """The scorer's worker threads still alive (none may outlive a score)."""
+    return [t for t in threading.enumerate() if t.name.startswith("score-unit")]
 
 
 def comparable(value):
@@ -128,30 +144,124 @@ def test_pooled_budget_lets_an_attack_spend_more_on_some_images_but_not_more_in_
     assert r["budget"]["rule"] == "pooled" and sum(queries) <= 30 * N_IMAGES and max(queries) > 30
 
 
-def test_resumed_run_gives_the_same_report_as_an_uninterrupted_one(artifact_dir, folder, tmp_path, monkeypatch):
+def test_resumed_run_gives_the_same_report_as_an_uninterrupted_one(artifact_dir, folder, tmp_path, monkeypatch,
+                                                                    no_plots):
+    """Ctrl-C (in the main thread, while it reports the first chunk) with a unit of the second chunk halfway: that
+    unit stops at its next model call, the first chunk's results stay, and the rerun completes the same report."""
     args = ["--model", artifact_dir, "--data", folder, "--no-reference", *CHEAP]
     assert score(*args, "--output", tmp_path / "whole") == 0
 
-    chunks_written = []
+    reports, halfway, after_stop = [], threading.Event(), []
     write = score_cli.write_reports
-    monkeypatch.setattr(score_cli, "write_reports", lambda *a, **k: chunks_written.append(1) or write(*a, **k))
-    call = scoring.CountingModel.__call__
-    calls_after_first_chunk = []
 
-    def interrupt_in_second_chunk(self, images):
-        if chunks_written:
-            calls_after_first_chunk.append(1)
-            if len(calls_after_first_chunk) == 5:  # in the middle of the second chunk's first attack
-                raise KeyboardInterrupt
+    def interrupt_after_first_chunk(*a, **k):
+        results = write(*a, **k)
+        reports.append(1)
+        if len(reports) == 1:
+            assert halfway.wait(WAIT_S)
+            raise KeyboardInterrupt
+        return results
+
+    call = scoring.CountingModel.__call__
+
+    def wait_in_second_chunk(self, images):
+        if self.chunk == 1 and self.calls == 2 and not halfway.is_set():  # the third call of a second-chunk unit
+            halfway.set()
+            assert self.control.stop.wait(WAIT_S)
+            after_stop.append(self.calls)
         return call(self, images)
 
-    monkeypatch.setattr(scoring.CountingModel, "__call__", interrupt_in_second_chunk)
+    monkeypatch.setattr(score_cli, "write_reports", interrupt_after_first_chunk)
+    monkeypatch.setattr(scoring.CountingModel, "__call__", wait_in_second_chunk)
     assert score(*args, "--output", tmp_path / "cut") == score_cli.INTERRUPTED
+    assert after_stop == [2] and not unit_threads()
     partial = read(tmp_path / "cut")
-    assert not partial["complete"] and partial["summary"]["images"] == 4
+    assert not partial["complete"] and partial["summary"]["images"] == 4 and partial["error"] == "interrupted"
+    assert not list((tmp_path / "cut" / "state").glob("c0001-*"))  # the unit cut halfway left nothing
     monkeypatch.undo()
     assert score(*args, "--output", tmp_path / "cut") == 0
     assert comparable(read(tmp_path / "cut")) == comparable(read(tmp_path / "whole"))
+
+
+def test_units_run_concurrently_against_a_server_with_the_same_results_and_state(artifact_dir, folder, tmp_path,
+                                                                                 monkeypatch, no_plots):
+    """--concurrency 1, 3 and the --target default (4) give the same images and the same state files; with the
+    default, two units' requests are in flight at once (they meet inside the client before going on)."""
+    args = ["--data", folder, *CHEAP, "--batch-images", "3"]  # chunks of 3, 3 and 2 images: 6 units
+    # One image per forward, so no label can depend on which other requests shared its batch (float rounding):
+    # the scorer's determinism is under test here, not the model's batch invariance.
+    server = LiveServer(load_artifact(artifact_dir), max_batch_size=1)
+    try:
+        for concurrency in ("1", "3"):
+            assert score("--target", server.target, *args, "--concurrency", concurrency,
+                         "--output", tmp_path / concurrency) == 0
+
+        predict, meet, lock = DefenseClient.predict, threading.Barrier(2, timeout=WAIT_S), threading.Lock()
+        calls = {"started": 0, "in_flight": 0, "most": 0}
+
+        def recorded(self, images):
+            with lock:
+                calls["started"] += 1
+                calls["in_flight"] += 1
+                calls["most"] = max(calls["most"], calls["in_flight"])
+                first_two = calls["started"] <= 2
+            if first_two:
+                meet.wait()  # broken (and the score failed) unless a second call comes while the first waits
+            try:
+                return predict(self, images)
+            finally:
+                with lock:
+                    calls["in_flight"] -= 1
+
+        monkeypatch.setattr(DefenseClient, "predict", recorded)
+        assert score("--target", server.target, *args, "--output", tmp_path / "default") == 0
+    finally:
+        server.close()
+    assert calls["most"] >= 2 and not unit_threads()
+    one = read(tmp_path / "1")
+    assert one["concurrency"] == 1 and read(tmp_path / "default")["concurrency"] == 4
+    for other in ("3", "default"):
+        assert comparable(read(tmp_path / other)["images"]) == comparable(one["images"])
+        for path in sorted((tmp_path / "1" / "state").iterdir()):
+            with np.load(path) as a, np.load(tmp_path / other / "state" / path.name) as b:
+                assert sorted(a.files) == sorted(b.files)
+                for key in set(a.files) - {"seconds"}:
+                    assert np.array_equal(a[key], b[key]), (path.name, key)
+
+
+def test_a_failing_unit_stops_the_others_and_exits_3_with_the_finished_chunks(artifact_dir, folder, tmp_path,
+                                                                            monkeypatch, capsys, no_plots):
+    """Both units of the second chunk run once the first chunk is reported; at their second call one fails as a
+    server that went away, and the other is stopped at its next call: exit 3, the first chunk's results kept."""
+    out = tmp_path / "out"
+    reported, both, stopped = threading.Event(), threading.Barrier(2, timeout=WAIT_S), []
+    write = score_cli.write_reports
+    monkeypatch.setattr(score_cli, "write_reports", lambda *a, **k: (write(*a, **k), reported.set())[0])
+    call = scoring.CountingModel.__call__
+
+    def fail_in_second_chunk(self, images):
+        if self.chunk == 1:
+            assert reported.wait(WAIT_S)
+            if self.calls == 1:
+                if both.wait() == 0:
+                    raise ServerUnavailableError(grpc.StatusCode.UNAVAILABLE, "gone")
+                stopped.append(self.control.stop.wait(WAIT_S))
+        return call(self, images)
+
+    monkeypatch.setattr(scoring.CountingModel, "__call__", fail_in_second_chunk)
+    server = LiveServer(load_artifact(artifact_dir), max_batch_size=64)
+    try:
+        assert score("--target", server.target, "--data", folder, "--output", out, "--concurrency", "3",
+                     *CHEAP) == score_cli.MODEL_UNAVAILABLE
+    finally:
+        server.close()
+    assert stopped == [True] and not unit_threads()
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "stopped answering (UNAVAILABLE: gone)" in error[0], error
+    partial = read(out)
+    assert not partial["complete"] and partial["summary"]["images"] == 4 and "stopped answering" in partial["error"]
+    assert sorted(p.name for p in (out / "state").iterdir()) == ["c0000-a00.npz", "c0000-a01.npz",
+                                                                 "c0000-verify.npz"]
 
 
 def test_a_server_killed_mid_run_gives_a_clear_error_and_a_resumable_report(artifact_dir, folder, tmp_path,

@@ -1,6 +1,9 @@
-"""The gRPC server end to end on loopback: labels, refusals, budget, batching, health, reflection, SIGTERM."""
+"""The gRPC server end to end on loopback: labels, refusals, budget, caps, batching, health, reflection, SIGTERM."""
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import os
 import queue
 import re
@@ -23,18 +26,21 @@ from hypothesis import strategies as st
 from model_fixtures import SHAPE, LiveServer, SlowForward, make_artifact
 
 from avc_common.artifact import Artifact, load_artifact
-from avc_common.rpc import defense_pb2, defense_pb2_grpc
+from avc_common.images import ImageShape
+from avc_common.rpc import PUSHBACK_KEY, defense_pb2, defense_pb2_grpc
 from avc_common.rpc.client import BudgetExhaustedError, DefenseClient, ServerUnavailableError
 from defense.batcher import classify
 from defense.cli import main
 from defense.process import ServerProcess, free_port, wait_serving
-from defense.server import DefenseServer
+from defense.server import DefenseServer, ServerConfig
 from defense.stats import INTERVAL_S, ServerStats, fresh
+from defense.throttled_log import ThrottledLog
 
 ROOT = Path(__file__).resolve().parent.parent
 NBYTES = 28 * 28
 EXPECTED = "784 = 28 x 28 x 1 uint8 HWC"
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
+SERVING, NOT_SERVING = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 @pytest.fixture(scope="module")
@@ -132,6 +138,42 @@ def test_random_requests_get_labels_or_a_clean_refusal(stub, artifact, images):
     assert_good_request_succeeds(stub, artifact)
 
 
+def test_a_body_that_is_not_protobuf_is_invalid_argument_logged_once_and_counted(artifact, caplog):
+    """Garbage bytes to any method (reflection's stream too) get INVALID_ARGUMENT with a one-line reason, not grpc's
+    UNKNOWN with a traceback in the log per call: 57 of them leave one log line, and the counters have them all."""
+    caplog.set_level(logging.INFO)
+    server = LiveServer(artifact, max_batch_size=8)
+    try:
+        with grpc.insecure_channel(server.target) as channel:  # no serializers: the bytes go out as they are
+            raw = {path: channel.unary_unary(path) for path in
+                   ("/defense.v1.Defense/Predict", "/defense.v1.Defense/ModelInfo", "/grpc.health.v1.Health/Check")}
+            reflect = channel.stream_stream("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo")
+            calls = [raw[path] for path, n in zip(raw, (50, 3, 3), strict=True) for _ in range(n)]
+            for call in [*calls, lambda body, timeout: list(reflect(iter([body]), timeout=timeout))]:
+                with pytest.raises(grpc.RpcError) as caught:
+                    call(b"not a protobuf", timeout=10)
+                assert caught.value.code() == INVALID
+                assert re.fullmatch(r"the body \(14 bytes\) is not a serialized [\w.]+Request", caught.value.details())
+            assert_good_request_succeeds(defense_pb2_grpc.DefenseStub(channel), artifact)
+        stats = server.run(_stats(server.server))
+    finally:
+        server.close()
+    assert (stats.unparsable, stats.errors, stats.requests) == (57, 0, 1)
+    assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
+    lines = [r.getMessage() for r in caplog.records if "not a protobuf" in r.getMessage()]
+    assert len(lines) == 1 and "14-byte body to /defense.v1.Defense/Predict" in lines[0], lines
+
+
+def test_throttled_log_keeps_one_line_per_kind_per_interval_and_counts_the_rest(caplog):
+    now = [0.0]
+    log = ThrottledLog(logging.getLogger("test.throttled"), interval_s=10, clock=lambda: now[0])
+    for t, kind in [(0, "a"), (1, "a"), (2, "b"), (5, "a"), (9.9, "a"), (10, "a"), (11, "a"), (25, "a")]:
+        now[0] = t
+        log.warning(kind, "event %s at %g", kind, t)
+    assert [r.getMessage() for r in caplog.records] == [
+        "event a at 0", "event b at 2", "event a at 10 (3 more suppressed)", "event a at 25 (1 more suppressed)"]
+
+
 def test_many_concurrent_clients_are_batched(live, client, artifact):
     images = random_images(16 * 50, seed=2)
     expected = classify(artifact.model, images)
@@ -190,6 +232,75 @@ def test_budget_is_spent_per_image_and_refuses_whole_requests(artifact):
         server.close()
 
 
+def test_caps_default_to_shares_of_the_memory_limit():
+    """A quarter of 4 GiB for queued images at 3 copies each and a quarter for calls at 32 KiB each, never so low that a
+    full request or batch cannot be queued (defense/limits.py)."""
+    assert ServerConfig().caps(ImageShape(28, 28, 1)) == (32768, 2**30 // (3 * 784))
+    assert ServerConfig(memory_mib=8192).caps(ImageShape(64, 64, 3)) == (65536, 2**31 // (3 * 12288))
+    assert ServerConfig(memory_mib=1, max_batch_size=300).caps(ImageShape(64, 64, 3)) == (8, 300)
+    assert ServerConfig(max_concurrent_calls=5, max_queued_images=7).caps(ImageShape(28, 28, 1)) == (5, 7)
+
+
+def test_cli_refuses_a_queue_cap_below_one_full_request_with_exit_2(capsys):
+    assert main(["serve", "--model", "unused", "--max-queued-images", "100"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--max-queued-images: expected at least 256" in err and "got 100" in err
+
+
+def test_a_full_server_refuses_with_a_retry_hint_and_charges_nothing(artifact):
+    """Past --max-queued-images or --max-concurrent-calls a Predict gets RESOURCE_EXHAUSTED with gRPC's retry pushback
+    in its trailers, is not charged to the query budget, and the calls already taken are all answered."""
+    gated = GatedForward(artifact.model)
+    server = LiveServer(Artifact(gated, artifact.manifest), warm=False, max_batch_size=1, max_images_per_request=3,
+                        max_queued_images=5, max_concurrent_calls=4, query_budget=100)
+    try:
+        stub = defense_pb2_grpc.DefenseStub(grpc.insecure_channel(server.target))
+
+        def send(n: int) -> grpc.Future:
+            return stub.Predict.future(defense_pb2.PredictRequest(images=[bytes(NBYTES)] * n), timeout=30)
+
+        def refused(n: int, flag: str) -> None:
+            err = send(n).exception(timeout=30)
+            assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and flag in err.details(), err.details()
+            assert "not charged" in err.details()
+            assert 10 <= int(dict(err.trailing_metadata())[PUSHBACK_KEY]) <= 1000
+
+        taken = [send(1)]  # in the model until the gate opens
+        assert gated.entered.wait(30)
+        taken.append(send(3))
+        assert wait_until(lambda: server.server.batcher.queued_images == 3)
+        refused(3, "--max-queued-images")  # 3 queued + 3 > 5
+        taken += [send(1), send(1)]
+        assert wait_until(lambda: server.server.batcher.queued_images == 5)
+        refused(1, "--max-concurrent-calls")  # 4 calls waiting: that cap is checked first
+        remaining = stub.ModelInfo(defense_pb2.ModelInfoRequest(), timeout=30).query_budget_remaining
+        assert remaining == 100 - 6  # the refused calls were not charged
+        gated.gate.set()
+        assert [len(call.result(timeout=30).labels) for call in taken] == [1, 3, 1, 1]
+        stats = server.run(_stats(server.server))
+        assert (stats.busy, stats.requests, stats.errors) == (2, 4, 0)
+    finally:
+        gated.gate.set()
+        server.close()
+
+
+def test_the_client_waits_out_a_full_server_instead_of_failing(artifact):
+    """Twelve callers at once against caps of 2 calls and 4 queued images: every busy refusal carries the retry
+    hint, so the client pauses and sends again; all get their labels and the budget is charged once per image."""
+    server = LiveServer(artifact, max_batch_size=2, max_images_per_request=2, max_queued_images=4,
+                        max_concurrent_calls=2, query_budget=1000)
+    try:
+        with DefenseClient(server.target, timeout_s=30) as client, ThreadPoolExecutor(12) as pool:
+            images = random_images(24)
+            labels = list(pool.map(client.predict, [images[i:i + 2] for i in range(0, 24, 2)]))
+            assert np.concatenate(labels).tolist() == classify(artifact.model, images).tolist()
+            assert client.info().budget_remaining == 1000 - 24
+        stats = server.run(_stats(server.server))
+    finally:
+        server.close()
+    assert stats.busy > 0 and stats.requests == 12  # it was full, and nothing was computed twice
+
+
 def test_health_is_not_serving_until_warmed_up(artifact):
     server = LiveServer(artifact, warm=False, max_batch_size=8)
     try:
@@ -228,11 +339,14 @@ def test_cli_refuses_a_bad_artifact_with_exit_2(artifact_dir, tmp_path, capsys):
     assert "does not match the manifest" in capsys.readouterr().err
 
 
-def test_sigterm_lets_the_in_flight_call_finish_and_exits_0(artifact_dir, artifact):
-    # A long batching delay keeps a one-image call in flight while the signal arrives.
+def test_sigterm_answers_the_call_in_flight_ends_watch_streams_and_exits_0_well_within_the_grace(artifact_dir,
+                                                                                                  artifact):
+    """A long batching delay keeps a one-image call in flight while the signal arrives: the drain sends it to the model
+    at once, an open health Watch stream gets NOT_SERVING and ends, and the process exits long before the 60 s grace
+    period, which neither the delay nor the stream may hold."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "defense", "serve", "--model", str(artifact_dir), "--host", "127.0.0.1",
-         "--port", "0", "--max-delay-ms", "1500", "--max-batch-size", "8", "--threads", "1"],
+         "--port", "0", "--max-delay-ms", "60000", "--max-batch-size", "8", "--threads", "1", "--grace-s", "60"],
         cwd=ROOT, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     lines: queue.Queue[str] = queue.Queue()
     threading.Thread(target=lambda: [lines.put(line) for line in proc.stderr], daemon=True).start()
@@ -246,13 +360,17 @@ def test_sigterm_lets_the_in_flight_call_finish_and_exits_0(artifact_dir, artifa
                 break
         images = random_images(1, seed=4)
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-            call = defense_pb2_grpc.DefenseStub(channel).Predict.future(
-                defense_pb2.PredictRequest(images=[images[0].tobytes()]), timeout=30)
-            time.sleep(0.5)  # the call is now waiting in the batcher
-            assert not call.done()
+            stub = defense_pb2_grpc.DefenseStub(channel)
+            watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(), timeout=120)
+            assert next(watch).status == SERVING
+            call = stub.Predict.future(defense_pb2.PredictRequest(images=[images[0].tobytes()]), timeout=120)
+            assert wait_until(lambda: stub.ModelInfo(defense_pb2.ModelInfoRequest(), timeout=10).queued_images == 1)
+            signalled = time.monotonic()
             proc.send_signal(signal.SIGTERM)
             assert list(call.result().labels) == classify(artifact.model, images).tolist()
+            assert [reply.status for reply in watch] == [NOT_SERVING]  # then the stream ended, status OK
         assert proc.wait(timeout=30) == 0
+        assert time.monotonic() - signalled < 15
     finally:
         proc.kill()
         proc.wait()
@@ -323,6 +441,57 @@ def wait_until(condition, timeout_s: float = 30.0) -> bool:
 
 async def _stats(server: DefenseServer) -> ServerStats:
     return server.stats()  # on the server's event loop, where its counters live
+
+
+def test_a_draining_server_says_not_serving_and_stops_once_the_calls_in_flight_are_answered(artifact):
+    """Through the drain health answers NOT_SERVING (to Check, and to an open Watch stream, which then ends), a new
+    Predict gets UNAVAILABLE from the server itself and the call in flight is answered; the stop is over as soon as it
+    is, long before the grace period, although another client keeps calling all along."""
+    gated = GatedForward(artifact.model)
+    gated.gate.set()  # for the warm-up
+    server = LiveServer(Artifact(gated, artifact.manifest), max_batch_size=1)
+    gated.gate.clear()
+    gated.entered.clear()
+    stop_calling = threading.Event()
+
+    def keep_calling() -> None:
+        with grpc.insecure_channel(server.target) as other:
+            check = health_pb2_grpc.HealthStub(other).Check
+            while not stop_calling.wait(0.005):
+                with contextlib.suppress(grpc.RpcError):
+                    check(health_pb2.HealthCheckRequest(), timeout=5)
+
+    caller = threading.Thread(target=keep_calling)
+    try:
+        channel = grpc.insecure_channel(server.target)
+        health, stub = health_pb2_grpc.HealthStub(channel), defense_pb2_grpc.DefenseStub(channel)
+        watch = health.Watch(health_pb2.HealthCheckRequest(), timeout=120)
+        assert next(watch).status == SERVING
+        images = random_images(1, seed=5)
+        in_flight = stub.Predict.future(defense_pb2.PredictRequest(images=[images[0].tobytes()]), timeout=120)
+        assert gated.entered.wait(30)
+        caller.start()
+        start = time.monotonic()
+        stopping = asyncio.run_coroutine_threadsafe(server.server.stop(grace_s=60), server.loop)
+        assert next(watch).status == NOT_SERVING
+        assert health.Check(health_pb2.HealthCheckRequest(), timeout=10).status == NOT_SERVING
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.Predict(defense_pb2.PredictRequest(images=[images[0].tobytes()]), timeout=10)
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE and "shutting down" in refused.value.details()
+        assert not stopping.done()
+        gated.gate.set()
+        assert list(in_flight.result(timeout=30).labels) == classify(artifact.model, images).tolist()
+        assert list(watch) == []  # the stream ended, status OK
+        stopping.result(timeout=30)
+        assert time.monotonic() - start < 15
+        stats = server.run(_stats(server.server))
+        assert (stats.requests, stats.draining) == (1, 1)
+    finally:
+        stop_calling.set()
+        gated.gate.set()
+        if caller.is_alive():
+            caller.join()
+        server.close()
 
 
 def test_no_forward_and_no_budget_for_a_caller_who_left(artifact):

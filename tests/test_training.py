@@ -114,6 +114,8 @@ def test_help_documents_every_flag_with_default(capsys, monkeypatch):
     for flag in ("--epsilon", "--beta", "--resume", "--augment", "--precision", "--compile"):
         assert flag in text
     assert "(default: 0.031)" in text and "(default: 6.0)" in text
+    assert "(default: auto = 1000; 100 for a ResNet on a CPU" in text  # --eval-images
+    assert "(default: auto = 0; 1000 for a ResNet on a CPU" in text  # --final-eval-images
 
 
 def test_evaluate_reports_ce_cw_and_worst_case(fmnist_dir, tmp_path, capsys):
@@ -135,3 +137,41 @@ def test_recipe_sets_defaults_and_explicit_flags_win():
     assert (args.dataset, args.arch, args.epsilon) == ("fashion_mnist", "small_cnn", 0.1)
     assert (args.epochs, args.lr) == (3, 0.01)
     assert parse_args([]).dataset == "tiny_imagenet" and "fmnist-cpu" in RECIPES
+
+
+@pytest.mark.parametrize("arch, device, sizes", [
+    ("resnet18", "cpu", (100, 1000)),   # PGD-20 takes seconds per image there: minutes per epoch
+    ("small_cnn", "cpu", (1000, 0)),    # 1000 per epoch, the whole test set at the end
+    ("resnet18", "cuda", (1000, 0)),    # a GPU: the full sizes (no GPU needed to resolve them)
+])
+def test_auto_evaluation_sizes_follow_model_and_device(arch, device, sizes):
+    assert train_tiny.auto_eval_images(arch, torch.device(device)) == sizes
+
+
+def test_auto_evaluation_is_announced_once_and_explicit_sizes_are_kept(capsys):
+    argv = ["--arch", "resnet18", "--device", "cpu"]
+    args = train_tiny._with_eval_sizes(train_tiny.parse_args(argv), announce=True)
+    assert (args.eval_images, args.final_eval_images) == (100, 1000)
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "resnet18 on cpu (auto): --eval-images 100 --final-eval-images 1000;" in err
+
+    args = train_tiny._with_eval_sizes(train_tiny.parse_args(argv + ["--eval-images", "7"]), announce=True)
+    assert (args.eval_images, args.final_eval_images) == (7, 1000)
+    assert "--eval-images" not in capsys.readouterr().err
+
+    args = train_tiny.parse_args(argv + ["--eval-images", "0", "--final-eval-images", "-1"])
+    args = train_tiny._with_eval_sizes(args, announce=True)
+    assert (args.eval_images, args.final_eval_images) == (0, -1) and capsys.readouterr().err == ""
+
+
+def test_run_with_auto_evaluation_records_its_size_and_resumes(fmnist_dir, tmp_path, capsys):
+    args = common_args(fmnist_dir, tmp_path, epochs=1)
+    for flag in ("--eval-images", "--final-eval-images"):  # both left at auto
+        del args[args.index(flag):args.index(flag) + 2]
+    args += ["--train-images", "64", "--steps", "1", "--eval-steps", "2", "--device", "cpu", "--no-export"]
+    assert train_tiny.main(args) == 0
+    assert "small_cnn on cpu (auto): --eval-images 1000 --final-eval-images 0 (all);" in capsys.readouterr().err
+    assert train_tiny.main(args + ["--epochs", "2", "--resume"]) == 0
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["epoch"], r["eval_images"]) for r in records] == [(1, 128), (2, 128)]  # the fixture's whole test set
+    assert json.loads((tmp_path / "summary.json").read_text())["final"]["eval_images"] == 128

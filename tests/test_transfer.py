@@ -21,6 +21,7 @@ from attacks import (
 )
 from attacks.access.lattice import l2
 from attacks.methods.suite import SuiteEntry
+from attacks.scoring import cli as score_cli
 from attacks.whitebox.reference import minimal_l2
 from attacks.whitebox.surrogate import robust_surrogates
 from avc_common.artifact import save_artifact
@@ -213,6 +214,25 @@ def test_a_nested_suite_entry_gets_the_surrogates_too(surrogate_dir):
     assert entry.needs_surrogates and not SuiteEntry("geoda", {"freq": 0.3}).needs_surrogates
     with pytest.raises(ValueError, match="needs surrogate"):
         build_attack(entry)
+
+
+def test_score_device_reaches_every_surrogate_attack_but_not_their_repr(surrogate_dir):
+    from attacks.whitebox.surrogate import load_surrogate
+
+    s = (str(surrogate_dir),)
+    args = score_cli.parse_args(["--target", "t", "--surrogate", s[0], "--device", "cpu"])
+    assert args.device == torch.device("cpu")
+    suite = list(score_cli.build_attacks(args)[0].values())
+    nested = [a.refine for a in suite if isinstance(getattr(a, "refine", None), BiasedBoundaryAttack)]
+    surrogate_attacks = [a for a in [*suite, *nested] if isinstance(a, (TransferAttack, BiasedBoundaryAttack))]
+    assert len(surrogate_attacks) == 4, "top5: transfer, biased_boundary, transfer+biased_boundary and its refine"
+    assert all(a.device == torch.device("cpu") for a in surrogate_attacks)
+    assert [repr(a) for a in build_suite("top5", s, device="cpu")] == [repr(a) for a in suite]
+    assert load_surrogate(s[0], "cpu") is load_surrogate(s[0], torch.device("cpu")), "one load per device"
+    for cls in (TransferAttack, BiasedBoundaryAttack):
+        on_cpu, on_cuda = cls(surrogates=s), cls(surrogates=s, device="cuda:1")  # built, not run: no CUDA needed
+        assert on_cuda.device == torch.device("cuda:1")
+        assert repr(on_cpu) == repr(on_cuda) and on_cpu == on_cuda and "device" not in repr(on_cuda)
 
 
 def test_attack_names_show_a_non_default_refinement_and_number_repeats(surrogate_dir):

@@ -37,10 +37,10 @@ from avc_common.cli import (
     write_json,
 )
 from avc_common.data.tiny_imagenet import DatasetLayoutError
-from training.checkpoint import load_checkpoint
-from training.data import load_dataset
+from training.checkpoint import CheckpointError, load_checkpoint, load_weights
+from training.data import DATASETS, load_dataset
 from training.engine import Runtime, evaluate_accuracy
-from training.models import create_model
+from training.models import MODELS, create_model
 from training.pgd import ATTACK_LOSSES, NORMS
 
 
@@ -49,7 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 epilog="Exit codes: 0 done, 2 bad input.", formatter_class=HelpFormatter)
     p.add_argument("--model", type=Path, required=True, metavar="PATH",
                    help="artifact folder (model.pt2 + manifest.json) or checkpoint.pt from train_tiny.py")
-    add_data(p, "data folder (default: the data set's usual place)")
+    add_data(p, "data folder (default: for a checkpoint, the folder it was trained on; for an artifact, "
+                "the data set's usual place)")
     p.add_argument("--images", metavar="N", type=non_negative_int, default=0,
                    help="evaluate the first N test images (0 = all)")
     p.add_argument("--norm", choices=NORMS, default="linf", help="threat model")
@@ -68,26 +69,36 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def load_model(path: Path, device: torch.device) -> tuple[nn.Module, dict[str, Any]]:
-    """The model and its description (dataset, arch, training settings) from an artifact or checkpoint."""
+def load_model(path: Path, device: torch.device, data_dir: Path | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """The model and its description (dataset, arch, training settings, ``data``: the folder to read its data
+    set from) from an artifact or checkpoint.
+
+    A checkpoint records the folder it was trained on; ``data_dir`` overrides it (the data moved), and the
+    model's classes, channels and normalisation come from the data set read there.
+    """
     if path.is_dir() or path.name == MANIFEST_FILE:
         artifact = load_artifact(path if path.is_dir() else path.parent, device)
         m = artifact.manifest
-        return artifact.model, {"dataset": m["dataset"], "arch": m["arch"], "training": m["training"]}
-    ckpt = load_checkpoint(path)
+        return artifact.model, {"dataset": m["dataset"], "arch": m["arch"], "training": m["training"],
+                                "data": data_dir}
+    ckpt = load_checkpoint(path, {"model": dict, "args": dict})
     args = ckpt["args"]
-    data = load_dataset(args["dataset"], args["data"])
+    for key, known in (("dataset", DATASETS), ("arch", MODELS)):
+        if not isinstance(args.get(key), str) or args[key] not in known:
+            raise CheckpointError(f"{path} records {key} {args.get(key)!r}, expected one of {sorted(known)}")
+    data_dir = data_dir if data_dir is not None else args.get("data")
+    data = load_dataset(args["dataset"], data_dir)
     kwargs = {} if args.get("drop_rate") is None else {"drop_rate": args["drop_rate"]}
     net = create_model(args["arch"], data.num_classes, data.input_shape[2], data.mean, data.std, **kwargs)
-    net.load_state_dict(ckpt["model"])
-    return net.to(device), {"dataset": args["dataset"], "arch": args["arch"], "training": args}
+    load_weights(net, ckpt["model"], path, f"the {args['arch']} model for {args['dataset']}")
+    return net.to(device), {"dataset": args["dataset"], "arch": args["arch"], "training": args, "data": data_dir}
 
 
 def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     device = args.device
     torch.manual_seed(args.seed)
-    model, info = load_model(args.model, device)
-    data = load_dataset(info["dataset"], args.data)
+    model, info = load_model(args.model, device, args.data)
+    data = load_dataset(info["dataset"], info["data"])
     images, labels = torch.from_numpy(data.test_images), torch.from_numpy(data.test_labels)
     if args.images:
         images, labels = images[:args.images], labels[:args.images]
@@ -107,8 +118,15 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> int:
     """``python training/evaluate.py`` / ``avc-evaluate``: print (and ``--json``) the result; the exit status."""
     args = build_parser().parse_args(argv)
+    if not args.model.exists():
+        print(f"error: --model {args.model}: not found (expected an artifact folder or a checkpoint.pt "
+              f"written by train_tiny.py)", file=sys.stderr)
+        return 2
     try:
         result = evaluate(args)
+    except CheckpointError as err:
+        print(f"error: --model {err}", file=sys.stderr)
+        return 2
     except (ArtifactError, DatasetLayoutError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -44,7 +44,14 @@ from avc_common.cli import (
 )
 from avc_common.data.tiny_imagenet import DatasetLayoutError
 from training.augment import AUGMENTATIONS
-from training.checkpoint import load_checkpoint, save_checkpoint, set_rng_state
+from training.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    load_weights,
+    restoring,
+    save_checkpoint,
+    set_rng_state,
+)
 from training.data import DATASETS, ImageDataset, load_dataset
 from training.distributed import init_distributed, shutdown
 from training.engine import Runtime, batches, evaluate_accuracy, train_one_epoch
@@ -67,6 +74,8 @@ RECIPES: dict[str, dict[str, Any]] = {
                    "augment": "none", "precision": "bf16", "channels_last": "on", "eval_images": 1000,
                    "eval_step_size": 0.01, "epochs": 8},
 }
+# Architectures whose PGD-20 evaluation a CPU runs at the full sizes (1000 images per epoch, the whole test set).
+CPU_SIZED_ARCHS = ("small_cnn",)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -110,17 +119,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="linear warm-up (step and cosine schedules)")
     o.add_argument("--seed", type=non_negative_int, default=0, help="seed for weights, data order and attacks")
     e = p.add_argument_group("evaluation")
-    e.add_argument("--eval-images", metavar="N", type=non_negative_int, default=1000,
-                   help="held-out test images evaluated after every epoch (0 = skip)")
-    e.add_argument("--final-eval-images", metavar="N", type=at_least(-1), default=0,
-                   help="test images for the final evaluation stored in the artifact (0 = all, -1 = skip)")
+    e.add_argument("--eval-images", metavar="N", type=non_negative_int, default=None,
+                   help="held-out test images evaluated after every epoch, 0 = skip (default: auto = 1000; "
+                        "100 for a ResNet on a CPU, where PGD-20 takes seconds per image)")
+    e.add_argument("--final-eval-images", metavar="N", type=at_least(-1), default=None,
+                   help="test images for the final evaluation stored in the artifact, 0 = all, -1 = skip "
+                        "(default: auto = 0; 1000 for a ResNet on a CPU, where all 10,000 take hours)")
     e.add_argument("--eval-steps", metavar="K", type=positive_int, default=20,
                    help="PGD steps of the evaluation attack")
     e.add_argument("--eval-epsilon", type=non_negative_float, default=None,
                    help="evaluation radius (default: --epsilon)")
     e.add_argument("--eval-step-size", type=positive_float, default=None,
                    help="evaluation PGD step size (default: eval epsilon / 10)")
-    e.add_argument("--eval-batch-size", metavar="N", type=positive_int, default=500, help="images per evaluation batch")
+    e.add_argument("--eval-batch-size", metavar="N", type=positive_int, default=500,
+                   help="images per evaluation batch (memory grows with it: docs/benchmarks.md "
+                        "\"ResNet-18 at 64x64 on a CPU\")")
     r = p.add_argument_group("runtime")
     output = add_output(r, Path("runs/train"), "checkpoint.pt, metrics.jsonl, summary.json and artifact/")
     add_alias(r, "--output-dir", output)
@@ -135,6 +148,33 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--no-export", action="store_true", help="skip the artifact export at the end")
     add_progress(r)
     return p
+
+
+def auto_eval_images(arch: str, device: torch.device) -> tuple[int, int]:
+    """``(--eval-images, --final-eval-images)`` for a run that leaves them at auto.
+
+    PGD-20 is 21 forward+backward passes per image. On a GPU, or for the small CNN on a CPU,
+    1000 images per epoch and the whole test set at the end (0) take minutes. A ResNet on a CPU
+    takes seconds per image (docs/benchmarks.md "ResNet-18 at 64x64 on a CPU"), so there an
+    epoch's evaluation is 100 images, a few minutes and a coarse trend (about 5 points of
+    standard error), and the artifact's is 1000 (about 1.6 points, an hour or so on 2 cores)
+    rather than the hours of the full set.
+    """
+    if device.type == "cpu" and arch not in CPU_SIZED_ARCHS:
+        return 100, 1000
+    return 1000, 0
+
+
+def _with_eval_sizes(args: argparse.Namespace, announce: bool) -> argparse.Namespace:
+    """``args`` with the auto evaluation sizes filled in; ``announce`` says once on stderr what auto chose."""
+    chosen = dict(zip(("eval_images", "final_eval_images"), auto_eval_images(args.arch, args.device)))
+    auto = {k: v for k, v in chosen.items() if getattr(args, k) is None}
+    if auto and announce:
+        print(f"evaluation sized for {args.arch} on {args.device.type} (auto): "
+              + " ".join(f"--{k.replace('_', '-')} {v}" + (" (all)" if k == "final_eval_images" and v == 0 else "")
+                         for k, v in auto.items())
+              + "; give the flag to change it", file=sys.stderr)
+    return argparse.Namespace(**{**vars(args), **auto})
 
 
 def _runtime(args: argparse.Namespace) -> Runtime:
@@ -181,8 +221,25 @@ def _evaluate(args, net, data, rt, n, desc) -> dict[str, float]:
     return metrics
 
 
+def _resume_point(args: argparse.Namespace) -> dict[str, Any] | None:
+    """With ``--resume``, OUTPUT/checkpoint.pt read and checked against this run's flags before any work
+    (None: no ``--resume``, or nothing to resume, so the run starts fresh)."""
+    path = args.output / CHECKPOINT
+    if not (args.resume and path.exists()):
+        return None
+    ckpt = load_checkpoint(path, {"model": dict, "optimizer": dict, "scheduler": dict, "rng": dict, "epoch": int,
+                                  "history": list, "args": dict})
+    changed = [k for k in RUN_DEFINING if ckpt["args"].get(k) != vars(args).get(k)]
+    if changed:
+        raise ValueError(f"cannot resume {path}: it was trained with different "
+                         + ", ".join(f"--{k.replace('_', '-')} ({ckpt['args'].get(k)!r} there, "
+                                     f"{vars(args).get(k)!r} now)" for k in changed))
+    return ckpt
+
+
 def train(args: argparse.Namespace) -> dict[str, Any]:
     """The whole run; returns the summary (also written to OUTPUT/summary.json)."""
+    ckpt = _resume_point(args)
     rt = _runtime(args)
     ctx = init_distributed(rt.device)
     if rt.device.type == "cuda":
@@ -191,6 +248,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     out = args.output
     torch.manual_seed(args.seed)
     data = load_dataset(args.dataset, args.data, args.download)
+    args = _with_eval_sizes(args, announce=ctx.is_main)  # after loading: a bad --data gets its one error line alone
     train_x, train_y = torch.from_numpy(data.train_images), torch.from_numpy(data.train_labels)
     if args.train_images:
         train_x, train_y = train_x[:args.train_images], train_y[:args.train_images]
@@ -211,17 +269,14 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     scheduler = _scheduler(args, optimizer, iters_per_epoch)
     history: list[dict[str, Any]] = []
     start_epoch = 0
-    if args.resume and (out / CHECKPOINT).is_file():
-        ckpt = load_checkpoint(out / CHECKPOINT)
-        changed = [k for k in RUN_DEFINING if ckpt["args"].get(k) != vars(args).get(k)]
-        if changed:
-            raise ValueError(f"cannot resume {out / CHECKPOINT}: it was trained with different "
-                             + ", ".join(f"--{k.replace('_', '-')} ({ckpt['args'].get(k)!r} there, "
-                                         f"{vars(args).get(k)!r} now)" for k in changed))
-        net.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        set_rng_state(ckpt["rng"])
+    if ckpt is not None:
+        load_weights(net, ckpt["model"], out / CHECKPOINT, f"the {args.arch} model for {args.dataset}")
+        with restoring(out / CHECKPOINT, "optimizer state"):
+            optimizer.load_state_dict(ckpt["optimizer"])
+        with restoring(out / CHECKPOINT, "scheduler state"):
+            scheduler.load_state_dict(ckpt["scheduler"])
+        with restoring(out / CHECKPOINT, "random generator state"):
+            set_rng_state(ckpt["rng"])
         start_epoch, history = ckpt["epoch"], ckpt["history"]
         if ctx.is_main:
             print(f"resumed {out / CHECKPOINT} after epoch {start_epoch}", file=sys.stderr)
@@ -299,8 +354,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     """``python training/train_tiny.py`` / ``avc-train``: train, evaluate, export; returns the exit status."""
     args = parse_args(argv)
+    existing = next(p for p in (args.output, *args.output.parents) if p.exists())
+    if not existing.is_dir():
+        print(f"error: --output {args.output}: {existing} is a file; expected a folder (made if missing) to hold "
+              f"{CHECKPOINT}, {METRICS}, {SUMMARY} and artifact/", file=sys.stderr)
+        return 2
     try:
         summary = train(args)
+    except CheckpointError as err:
+        print(f"error: --resume {err}", file=sys.stderr)
+        return 2
     except (DatasetLayoutError, ArtifactError, ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -34,15 +34,18 @@ GRADIENT_FROM = ("all", "robust")
 class BiasedBoundaryAttack(BoundaryAttack):
     """``surrogates``: artifact folders; ``bias``: the gradient's share of each spherical step
     (0: the plain Boundary Attack, 1: the gradient alone); ``gradient_from``: ``"all"`` surrogates or only the
-    ``"robust"`` (adversarially trained, per their manifests) ones, all of them if none is."""
+    ``"robust"`` (adversarially trained, per their manifests) ones, all of them if none is; ``device``: where the
+    surrogate gradients run (a name or a ``torch.device``; left out of ``repr`` and equality, since a run resumed on
+    another device is the same run)."""
 
     surrogates: tuple[str, ...] = ()
     bias: float = 0.5
     combine: str = "logits"
     gradient_from: str = "all"
-    device: str = "cpu"
+    device: str | torch.device = field(default="cpu", repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "device", torch.device(self.device))  # frozen; one type whatever the caller passed
         if not self.surrogates:
             raise ValueError("the biased boundary attack needs at least one surrogate artifact folder "
                              "(surrogates=(...))")
@@ -76,7 +79,7 @@ class SurrogateBias:
     """Spherical-step directions for the images of one run: random low-frequency plus the surrogate gradient."""
 
     def __init__(self, ensemble: Ensemble, clean: np.ndarray, labels: np.ndarray, shape: tuple[int, int, int],
-                 freq: float, bias: float, rng: np.random.Generator, device: str) -> None:
+                 freq: float, bias: float, rng: np.random.Generator, device: torch.device) -> None:
         self.ensemble, self.clean, self.shape, self.freq, self.bias, self.rng = ensemble, clean, shape, freq, bias, rng
         self.device = device
         self.labels = torch.from_numpy(labels).to(device)

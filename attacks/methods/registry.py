@@ -9,6 +9,8 @@ import dataclasses
 import warnings
 from collections.abc import Sequence
 
+import torch
+
 from attacks.methods.base import Attack
 from attacks.methods.biased import BiasedBoundaryAttack
 from attacks.methods.boundary import BoundaryAttack
@@ -40,18 +42,22 @@ def create_attack(name: str, **kwargs) -> Attack:
     return ATTACKS[name](**kwargs)
 
 
-def build_attack(entry: SuiteEntry, surrogates: Sequence[str] = ()) -> Attack:
-    """The attack ``entry`` describes; surrogate attacks in it, nested ones too, craft on ``surrogates``."""
+def build_attack(entry: SuiteEntry, surrogates: Sequence[str] = (), device: str | torch.device = "cpu") -> Attack:
+    """The attack ``entry`` describes; surrogate attacks in it, nested ones too, craft on ``surrogates``, with their
+    gradients on ``device``."""
     if entry.needs_surrogates and not surrogates:
         raise ValueError(f"attack {entry.name!r} needs surrogate model artifact folders; none given")
-    kwargs = {k: build_attack(v, surrogates) if isinstance(v, SuiteEntry) else v for k, v in entry.kwargs.items()}
+    kwargs = {k: build_attack(v, surrogates, device) if isinstance(v, SuiteEntry) else v
+              for k, v in entry.kwargs.items()}
     if entry.name in SURROGATE_ATTACKS:
         kwargs["surrogates"] = tuple(map(str, surrogates))
+        kwargs["device"] = device
     return create_attack(entry.name, **kwargs)
 
 
-def build_suite(preset: str, surrogates: Sequence[str] = ()) -> list[Attack]:
-    """The attacks of ``PRESETS[preset]``, built by :func:`build_attack` with ``surrogates`` (artifact folders).
+def build_suite(preset: str, surrogates: Sequence[str] = (), device: str | torch.device = "cpu") -> list[Attack]:
+    """The attacks of ``PRESETS[preset]``, built by :func:`build_attack` with ``surrogates`` (artifact folders) and
+    ``device`` (where their gradients run).
 
     With no surrogates, entries that need them are left out and a ``UserWarning`` says which.
     """
@@ -62,7 +68,7 @@ def build_suite(preset: str, surrogates: Sequence[str] = ()) -> list[Attack]:
     if dropped:
         warnings.warn(f"preset {preset!r}: left out {', '.join(dropped)} (no surrogate models given; "
                       f"pass surrogate artifact folders to use them)", UserWarning, stacklevel=2)
-    return [build_attack(e, surrogates) for e in entries]
+    return [build_attack(e, surrogates, device) for e in entries]
 
 
 def attack_name(attack: Attack) -> str:

@@ -6,7 +6,8 @@ suite gets its own per-image budget and the image's score is the minimum over th
 the best suites combine attacks that win on *different* images.
 
 Attacks that use local surrogate models (``transfer``, ``biased_boundary``) get the surrogate artifact
-folders from :func:`attacks.build_suite`; without any, they are left out with a warning. An
+folders, and the device their gradients run on, from :func:`attacks.build_suite`; without any surrogates, they are
+left out with a warning. An
 entry's keyword argument may itself be a :class:`SuiteEntry` (a transfer attack's ``refine``),
 built the same way.
 """
@@ -15,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-SURROGATE_ATTACKS = frozenset({"transfer", "biased_boundary"})  # their ``surrogates`` come from build_suite
+SURROGATE_ATTACKS = frozenset({"transfer", "biased_boundary"})  # their ``surrogates``, ``device`` come from build_suite
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ queries, and spent the rest refining with a boundary-type attack. Here:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -44,7 +44,9 @@ class TransferAttack(Attack):
     """``surrogates``: artifact folders (loaded on first use, once per process); ``steps`` per candidate;
     ``momenta``: 0 is PGD, > 0 MI-FGSM; ``targets``: how many of each image's likeliest other classes get a
     targeted line (0: none; it runs with the largest momentum); ``combine``: average the surrogates' ``"logits"`` or
-    ``"loss"``; ``refine``: the decision-based attack that spends the remaining queries (None: stop after the lines)."""
+    ``"loss"``; ``refine``: the decision-based attack that spends the remaining queries (None: stop after the lines);
+    ``device``: where the surrogate gradients run (a name or a ``torch.device``; left out of ``repr`` and equality,
+    since a run resumed on another device is the same run)."""
 
     surrogates: tuple[str, ...] = ()
     radii: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0)
@@ -53,10 +55,11 @@ class TransferAttack(Attack):
     targets: int = 9
     combine: str = "logits"
     refine: Attack | None = GeoDA(prior=500.0)
-    device: str = "cpu"
+    device: str | torch.device = field(default="cpu", repr=False, compare=False)
     batch_size: int = 256
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "device", torch.device(self.device))  # frozen; one type whatever the caller passed
         if not self.surrogates:
             raise ValueError("the transfer attack needs at least one surrogate artifact folder (surrogates=(...))")
         if self.combine not in COMBINE:

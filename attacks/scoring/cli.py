@@ -69,6 +69,7 @@ from avc_common.rpc.client import DefenseClient, DefenseError, ServerUnavailable
 
 OK, FAILED, BAD_INPUT, MODEL_UNAVAILABLE, INTERRUPTED = 0, 1, 2, 3, 130
 DEFAULT_IMAGES = 100
+DEFAULT_CONCURRENCY = {"target": 4, "model": 1}  # --concurrency without the flag, by where the model runs
 RUN_FILE = "run.json"
 
 
@@ -120,13 +121,19 @@ def build_parser() -> argparse.ArgumentParser:
     o = p.add_argument_group("running")
     add_output(o, Path("runs/score"), "results.json, report.md, cdf.png, gallery.png and state/ (resume)")
     add_json(o, "results.json")
-    add_device(o, what="--model and the white-box reference")
+    add_device(o, what="--model, the white-box reference and the surrogate attacks' gradients")
     o.add_argument("--timeout-s", metavar="SECONDS", type=positive_float, default=30.0,
                    help="--target: the deadline of a call on an idle server; a Predict's also grows with its "
                         "images and the server's queue, at the server's measured time per image, and a Predict "
                         "that runs out of time while the server still answers is sent again (up to --max-wait-s)")
     o.add_argument("--max-wait-s", metavar="SECONDS", type=positive_float, default=3600.0,
                    help="--target: the longest one Predict is waited for on a busy server, re-sent included")
+    o.add_argument("--concurrency", metavar="N", type=positive_int, default=None,
+                   help="units of work (one attack on one chunk) run at once in threads, each with its own "
+                        "requests in flight; the results do not depend on it, so a resumed run may change it "
+                        f"(default: {DEFAULT_CONCURRENCY['target']} with --target, to keep the server's batches "
+                        f"full; {DEFAULT_CONCURRENCY['model']} with --model, whose in-process forwards have nothing "
+                        f"to batch)")
     o.add_argument("--retries", metavar="N", type=non_negative_int, default=5,
                    help="--target: retries (backoff doubling from 0.2 s) while the server is unavailable, "
                         "before giving up")
@@ -142,14 +149,20 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         parser.error(f"--data is the data set's folder; name the data set with --dataset {args.data}")
     if args.dataset is None:
         args.dataset = "folder" if args.data is not None else "fashion_mnist"
+    if args.concurrency is None:
+        args.concurrency = DEFAULT_CONCURRENCY["target" if args.target is not None else "model"]
     return args
 
 
 def build_attacks(args: argparse.Namespace) -> tuple[dict[str, Attack], list[str]]:
-    """The suite by column name (a preset's or --attacks'), and notes about what a preset left out."""
+    """The suite by column name (a preset's or --attacks'), and notes about what a preset left out.
+
+    Each surrogate is checked by loading it on ``--device``, where its attacks will run: one load per process
+    (:func:`load_surrogate` caches it), where a cpu check and a cuda run would load every surrogate twice.
+    """
     for path in args.surrogate:
         try:
-            load_surrogate(str(path), "cpu")
+            load_surrogate(str(path), args.device)
         except (ValueError, OSError) as err:
             raise BadInput(f"--surrogate {path}: {err}") from None
     surrogates = tuple(str(path) for path in args.surrogate)
@@ -160,9 +173,9 @@ def build_attacks(args: argparse.Namespace) -> tuple[dict[str, Attack], list[str
                 names = [name.strip() for name in args.attacks.split(",") if name.strip()]
                 if not names:
                     raise BadInput("--attacks: give at least one attack name")
-                attacks = [build_attack(SuiteEntry(name), surrogates) for name in names]
+                attacks = [build_attack(SuiteEntry(name), surrogates, args.device) for name in names]
             else:
-                attacks = build_suite(args.preset, surrogates=surrogates)
+                attacks = build_suite(args.preset, surrogates=surrogates, device=args.device)
         except ValueError as err:
             raise BadInput(f"--{'attacks' if args.attacks is not None else 'preset'}: {err}") from None
     if not attacks:
@@ -264,11 +277,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                    {"dataset": args.dataset, "data": str(args.data) if args.data else None,
                     "sample": args.sample, "images": len(indices), "of": total},
                    args.budget, args.pooled, args.seed, args.batch_images,
-                   {name: repr(attack) for name, attack in suite.items()}, notes)
+                   {name: repr(attack) for name, attack in suite.items()}, notes, args.concurrency)
     data = {"indices": indices, "names": [evalset.names[i] for i in indices], "labels": labels, "images": images,
             "worst": worst_case_l2(images)}
     run = SuiteRun(model, images, labels, suite, args.output / "state", args.budget, args.pooled, args.seed,
-                   args.batch_images, reference, args.progress)
+                   args.batch_images, reference, args.progress, args.concurrency)
     try:
         run.run(lambda chunks: write_reports(args.output, info, chunks, data, started, complete=False))
     except DefenseError as err:

@@ -12,12 +12,22 @@ After a chunk's attacks, each image's winning adversarial is classified once mor
 (``verify``: not charged to any attack's budget), and with the model in hand the
 white-box reference distance is computed (``reference``), starting both from the clean
 images and from the suite's winning adversarials.
+
+Units run ``concurrency`` at a time in worker threads, started in the order above (every
+attack of chunk 0, then chunk 1, ...), so that several requests are in flight and a server's
+batches fill; chunks are verified, referenced and reported strictly in order in the calling
+thread. Each unit has its own ledger, generator and call counter, so its results do not
+depend on what runs beside it. If a unit fails or the caller is interrupted, the run's stop
+event makes every other unit raise :class:`Stopped` at its next model call, units not yet
+started are cancelled, and the first error is raised once no worker is left.
 """
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -49,21 +59,69 @@ def scored(distances: np.ndarray, worst: np.ndarray) -> np.ndarray:
     return np.where(np.isfinite(distances), distances, worst)
 
 
-class CountingModel:
-    """``model`` that counts calls and images and advances a progress bar by the images it was asked about."""
+class Stopped(Exception):
+    """A unit ended at a model call because its run was stopped (another unit failed, or an interrupt); unsaved."""
 
-    def __init__(self, model: LabelOnlyModel, bar: tqdm) -> None:
+
+@dataclass
+class RunControl:
+    """What the units of one run share: the progress bar (behind ``lock``), the stop event and the first error."""
+
+    bar: tqdm
+    stop: threading.Event
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    error: BaseException | None = None
+
+    def advance(self, images: int) -> None:
+        with self.lock:
+            self.bar.update(images)
+
+    def describe(self, what: str) -> None:
+        with self.lock:
+            self.bar.set_description(what)
+
+    def guard(self, work: Callable[..., AttackResult], *args: object) -> AttackResult:
+        """``work(*args)`` in a worker thread; any failure but :class:`Stopped` becomes the run's error and stops it."""
+        try:
+            return work(*args)
+        except Stopped:
+            raise
+        except BaseException as err:
+            with self.lock:
+                self.error = self.error or err
+            self.stop.set()
+            raise
+
+    def result(self, future: Future[AttackResult]) -> AttackResult:
+        """The unit's result; for a unit that was stopped, the error that stopped the run."""
+        try:
+            return future.result()
+        except Stopped:
+            if self.error is not None:
+                raise self.error from None
+            raise
+
+
+class CountingModel:
+    """``model`` for one unit (``chunk``, attack ``name``): counts the unit's calls and images and advances the
+    shared progress bar by the images asked; once the run's stop event is set it raises :class:`Stopped` instead."""
+
+    def __init__(self, model: LabelOnlyModel, control: RunControl, chunk: int, name: str) -> None:
         self.model = model
         self.info: ModelSpec = model.info
-        self.bar = bar
+        self.control = control
+        self.chunk = chunk
+        self.name = name
         self.queries = 0
         self.calls = 0
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
+        if self.control.stop.is_set():
+            raise Stopped(f"chunk {self.chunk + 1} {self.name}: the run was stopped")
         labels = self.model(images)
         self.calls += 1
         self.queries += len(images)
-        self.bar.update(len(images))
+        self.control.advance(len(images))
         return labels
 
 
@@ -89,11 +147,15 @@ class ChunkResult:
 
 
 class SuiteRun:
-    """``attacks`` (name -> attack, in suite order) on ``images``/``labels`` of ``model``; state in ``state_dir``."""
+    """``attacks`` (name -> attack, in suite order) on ``images``/``labels`` of ``model``; state in ``state_dir``.
+
+    ``concurrency`` units run at once (``model`` must then take calls from several threads); setting
+    :attr:`stop` ends a running :meth:`run` at its units' next model calls.
+    """
 
     def __init__(self, model: LabelOnlyModel, images: np.ndarray, labels: np.ndarray, attacks: dict[str, Attack],
                  state_dir: Path, budget: int = 1000, pooled: bool = False, seed: int = 0, batch_images: int = 100,
-                 reference: Reference | None = None, progress: bool = True) -> None:
+                 reference: Reference | None = None, progress: bool = True, concurrency: int = 1) -> None:
         self.model = model
         self.images = images
         self.labels = np.asarray(labels, dtype=np.int64)
@@ -105,44 +167,67 @@ class SuiteRun:
         self.batch_images = batch_images
         self.reference = reference
         self.progress = progress
+        self.concurrency = concurrency
+        self.stop = threading.Event()
         self.chunks: list[ChunkResult] = []
 
     def run(self, on_chunk: Callable[[list[ChunkResult]], None]) -> list[ChunkResult]:
-        """Score every chunk in order, calling ``on_chunk`` with all chunks so far after each one."""
+        """Score every chunk in order, calling ``on_chunk`` with all chunks so far after each one.
+
+        Raises the first error of any unit or of this thread (``KeyboardInterrupt`` included) only after
+        every worker has ended; the chunks finished before it stay in :attr:`chunks`.
+        """
         n = len(self.images)
         worst = worst_case_l2(self.images)
-        with tqdm(total=self.budget * len(self.attacks) * n, desc="score", unit="q", disable=not self.progress,
-                  dynamic_ncols=True) as bar:
-            counter = CountingModel(self.model, bar)
-            for chunk, start in enumerate(range(0, n, self.batch_images)):
-                rows = slice(start, start + self.batch_images)
-                self.chunks.append(self._chunk(counter, chunk, start, self.images[rows], self.labels[rows], bar))
-                best = collect(self.chunks, list(self.attacks)).best
-                bar.set_postfix(median=f"{np.median(scored(best, worst[:len(best)])):.4f}", refresh=False)
-                on_chunk(self.chunks)
+        starts = range(0, n, self.batch_images)
+        with (tqdm(total=self.budget * len(self.attacks) * n, desc="score", unit="q", disable=not self.progress,
+                   dynamic_ncols=True) as bar,
+              ThreadPoolExecutor(self.concurrency, thread_name_prefix="score-unit") as pool):
+            control = RunControl(bar, self.stop)
+            try:
+                units = [[pool.submit(control.guard, self._attack, control, chunk, start, index, name, attack)
+                          for index, (name, attack) in enumerate(self.attacks.items())]
+                         for chunk, start in enumerate(starts)]
+                for chunk, (start, futures) in enumerate(zip(starts, units, strict=True)):
+                    results = [control.result(future) for future in futures]
+                    self.chunks.append(self._chunk(control, chunk, start, results))
+                    best = collect(self.chunks, list(self.attacks)).best
+                    with control.lock:
+                        bar.set_postfix(median=f"{np.median(scored(best, worst[:len(best)])):.4f}", refresh=False)
+                    on_chunk(self.chunks)
+            except BaseException:
+                self.stop.set()
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
         return self.chunks
 
-    def _chunk(self, counter: CountingModel, chunk: int, start: int, images: np.ndarray, labels: np.ndarray,
-               bar: tqdm) -> ChunkResult:
-        results = []
-        for index, (name, attack) in enumerate(self.attacks.items()):
-            bar.set_description(f"chunk {chunk + 1} {name}")
-            path = self.state_dir / f"c{chunk:04d}-a{index:02d}.npz"
-            before = bar.n
-            if path.exists():
-                result = self._load_attack(path, images, labels)
-            else:
-                rng = np.random.default_rng([self.seed, chunk, index])
-                result = self._run_attack(counter, name, attack, images, labels, rng, path)
-            bar.update(max(before + self.budget * len(images) - bar.n, 0))  # what the unit did not spend
-            results.append(result)
-        bar.set_description(f"chunk {chunk + 1} verify")
+    def _attack(self, control: RunControl, chunk: int, start: int, index: int, name: str,
+                attack: Attack) -> AttackResult:
+        """One unit, in a worker thread: its saved result, or the attack run on a fresh ledger and saved."""
+        rows = slice(start, start + self.batch_images)
+        images, labels = self.images[rows], self.labels[rows]
+        path = self.state_dir / f"c{chunk:04d}-a{index:02d}.npz"
+        if path.exists():
+            result, spent = self._load_attack(path, images, labels), 0
+        else:
+            control.describe(f"chunk {chunk + 1} {name}")
+            counter = CountingModel(self.model, control, chunk, name)
+            rng = np.random.default_rng([self.seed, chunk, index])
+            result, spent = self._run_attack(counter, name, attack, images, labels, rng, path), counter.queries
+        control.advance(max(self.budget * len(images) - spent, 0))  # what the unit did not spend
+        return result
+
+    def _chunk(self, control: RunControl, chunk: int, start: int, results: list[AttackResult]) -> ChunkResult:
+        """The chunk's attacks done: verify each image's winning adversarial and compute the reference."""
+        rows = slice(start, start + self.batch_images)
+        images, labels = self.images[rows], self.labels[rows]
+        control.describe(f"chunk {chunk + 1} verify")
         distances = np.array([a.distances for a in results])
         found, winners = np.isfinite(distances.min(axis=0)), winning(distances, np.stack([a.best for a in results]))
         verified = self._unit(self.state_dir / f"c{chunk:04d}-verify.npz", lambda: self._verify(found, winners))
         reference = None
         if self.reference is not None:
-            bar.set_description(f"chunk {chunk + 1} reference")
+            control.describe(f"chunk {chunk + 1} reference")
             reference = self._unit(self.state_dir / f"c{chunk:04d}-reference.npz",
                                    lambda: self.reference(images, labels, starts=winners))
         return ChunkResult(start, results, verified, reference)
@@ -150,10 +235,10 @@ class SuiteRun:
     def _run_attack(self, model: CountingModel, name: str, attack: Attack, images: np.ndarray, labels: np.ndarray,
                     rng: np.random.Generator, path: Path) -> AttackResult:
         ledger = BudgetedModel(model, images, labels, budget=self.budget, pooled=self.pooled)
-        calls, began = model.calls, time.perf_counter()
+        began = time.perf_counter()
         with ledger.tagged(name):
             attack.run(ledger, np.arange(len(images)), rng)
-        seconds, calls = time.perf_counter() - began, model.calls - calls
+        seconds, calls = time.perf_counter() - began, model.calls
         with atomic_open(path, "wb") as f:
             np.savez(f, **ledger.state(), seconds=np.float64(seconds), calls=np.int64(calls))
         return AttackResult(ledger.best_l2, ledger.used, ledger.best, seconds, calls)
@@ -197,7 +282,7 @@ class Scores:
     names: list[str]
     distances: np.ndarray  # A x n: verified L2 per attack (0 misclassified, inf unfooled)
     queries: np.ndarray  # A x n
-    seconds: np.ndarray  # A: wall time per attack, summed over chunks
+    seconds: np.ndarray  # A: wall time per attack, summed over chunks (units overlap with concurrency > 1)
     calls: np.ndarray  # A: model calls per attack
     verified_labels: np.ndarray  # n: the model's label for the winning adversarial (-1: none)
     adversarials: np.ndarray  # n x H x W x C uint8: the winning adversarial (the clean image where none)

@@ -34,6 +34,7 @@ class RunInfo:
     batch_images: int
     attacks: dict[str, str]  # name -> settings (repr)
     notes: list[str] = field(default_factory=list)
+    concurrency: int = 1  # units run at once in this session: information only, the results do not depend on it
 
     @property
     def budget_rule(self) -> str:
@@ -100,7 +101,8 @@ def build_results(info: RunInfo, scores: Scores, indices: np.ndarray, names: lis
             "budget": {"rule": "pooled" if info.pooled else "per_image", "queries": info.budget,
                        "description": info.budget_rule},
             "worst_case": WORST_CASE_RULE, "seed": info.seed, "batch_images": info.batch_images,
-            "notes": info.notes, "summary": summary, "distances": score.tolist(), "images": images}
+            "concurrency": info.concurrency, "notes": info.notes, "summary": summary, "distances": score.tolist(),
+            "images": images}
 
 
 def _reference(scores: Scores, score: np.ndarray, worst: np.ndarray) -> dict[str, Any] | None:
@@ -161,7 +163,9 @@ def markdown(results: dict[str, Any]) -> str:
               f"- Budget: {results['budget']['description']}.",
               f"- Queries: {q['attacks_total']} by the attacks ({q['per_image_mean']:.0f} per image), "
               f"{q['verification']} to re-verify the winning adversarials; {verified}.",
-              f"- Wall time: {s['wall_time_s']:.1f} s of attack time ({s['session_wall_time_s']:.1f} s this session).",
+              f"- Wall time: {s['wall_time_s']:.1f} s of attack time summed over units, which overlap when several "
+              f"run at once ({results['concurrency']} at a time this session); {s['session_wall_time_s']:.1f} s "
+              f"this session.",
               f"- Data: {json.dumps(results['data'])}; seed {results['seed']}; "
               f"{results['batch_images']} images per chunk.",
               *(f"- Note: {note}" for note in results["notes"]),

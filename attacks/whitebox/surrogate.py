@@ -24,9 +24,18 @@ COMBINE = ("logits", "loss")
 ROBUST_LOSSES = frozenset({"pgd_at", "trades"})  # manifest ``training.loss`` of adversarially trained models
 
 
+def load_surrogate(path: str, device: str | torch.device = "cpu") -> tuple[nn.Module, tuple[int, int, int], int]:
+    """The artifact at ``path`` as a frozen logits module on ``device``, with its input shape (H, W, C) and number
+    of classes.
+
+    Loaded once per (path, device) per process: ``"cpu"`` and ``torch.device("cpu")`` are one cache entry, so the
+    scorer's validation load and the attacks' share it.
+    """
+    return _load_surrogate(str(path), str(torch.device(device)))
+
+
 @lru_cache(maxsize=16)
-def load_surrogate(path: str, device: str = "cpu") -> tuple[nn.Module, tuple[int, int, int], int]:
-    """The artifact at ``path`` as a frozen logits module, with its input shape (H, W, C) and number of classes."""
+def _load_surrogate(path: str, device: str) -> tuple[nn.Module, tuple[int, int, int], int]:
     artifact = load_artifact(path, device=device)
     net = artifact.model.eval().requires_grad_(False)
     return net, artifact.input_shape, artifact.num_classes
@@ -47,7 +56,7 @@ def robust_surrogates(paths: Sequence[str]) -> tuple[str, ...]:
 
 
 def load_ensemble(paths: Sequence[str], shape: tuple[int, int, int], num_classes: int, combine: str = "logits",
-                  device: str = "cpu", weights: Sequence[float] | None = None) -> Ensemble:
+                  device: str | torch.device = "cpu", weights: Sequence[float] | None = None) -> Ensemble:
     """The surrogates at ``paths`` as one :class:`Ensemble`; refuses any whose input shape or classes differ."""
     if not paths:
         raise ValueError("no surrogate artifact folders given")
@@ -72,7 +81,7 @@ def margin(logits: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor | N
 
 
 def ensembles_by_kind(paths: Sequence[str], shape: tuple[int, int, int], num_classes: int, combine: str = "logits",
-                      device: str = "cpu") -> list[Ensemble]:
+                      device: str | torch.device = "cpu") -> list[Ensemble]:
     """All of ``paths`` with each kind (natural, adversarially trained) weighted equally, then each kind on its own.
 
     A robust and a natural target's boundaries follow different surrogates: natural

@@ -2,7 +2,9 @@
 and ``labels.yml`` mapping each file name to its class index.
 
 ``labels.yml`` defines the set: the files it names, in its order; other files are ignored.
-:func:`folder_problems` reports every unusable entry at once, so a folder is fixed in one go.
+Every name must resolve inside the folder (no ``..``, absolute paths or links out) and appear
+once. :func:`folder_problems` reports every unusable entry at once, so a folder is fixed in
+one go; it reads only each ``.npy`` header, never unpickles, and says what a bad file holds.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import numpy as np
 import yaml
 
 from avc_common.problems import Problem
+from avc_common.yaml_unique import DuplicateKeyError, load_yaml
 
 LABELS_FILE = "labels.yml"
 
@@ -49,17 +52,58 @@ def _listing(names: list[str], limit: int = 5) -> str:
     return ", ".join(names[:limit]) + more
 
 
+def _parse_labels(path: Path) -> Any:
+    return load_yaml(path.read_text())
+
+
 def _read_labels(path: Path) -> tuple[dict[Any, Any] | None, Problem | None]:
     fix = f"write {LABELS_FILE} as one `FILE.npy: LABEL` line per image"
     if not path.is_file():
         return None, Problem(str(path), "missing", fix)
     try:
-        mapping = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
+        mapping = _parse_labels(path)
+    except DuplicateKeyError as err:
+        return None, Problem(str(path), f"names {err.key!r} twice (lines {err.lines[0]} and {err.lines[1]}); "
+                             f"expected each file once", "keep one line per image, with its one label")
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
         return None, Problem(str(path), f"not valid YAML: {err}", fix)
     if not isinstance(mapping, dict) or not mapping:
         return None, Problem(str(path), "must be a non-empty mapping of file name to label", fix)
     return mapping, None
+
+
+_HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+
+
+def _npy_problem(file: Path, shape: tuple[int, int, int]) -> str | None:
+    """What ``file`` holds when it is not a whole uint8 ``shape`` .npy array (None when it is), from its header alone.
+
+    Reading the header ourselves tells apart what ``np.load`` reports alike: it calls any file without the .npy
+    magic "pickled data", which is as wrong for random bytes as it is for a text file.
+    """
+    try:
+        with open(file, "rb") as f:
+            try:
+                version = np.lib.format.read_magic(f)
+            except ValueError:
+                return "not a .npy file: no NUMPY header"
+            if version not in _HEADER_READERS:
+                return f".npy format version {version[0]}.{version[1]}, expected 1.0 or 2.0 as np.save writes"
+            try:
+                found, _, dtype = _HEADER_READERS[version](f)
+            except ValueError as err:
+                return f"a damaged .npy header: {err}"
+            data_bytes = file.stat().st_size - f.tell()
+    except OSError as err:
+        return f"unreadable: {err.strerror}"
+    if dtype.hasobject:
+        return "an object array: pickled Python data, never loaded"
+    if dtype != np.uint8 or found != tuple(shape):
+        return f"{dtype} {found}"
+    needed = int(np.prod(found)) * dtype.itemsize
+    if data_bytes < needed:
+        return f"truncated: {data_bytes} of its {needed} bytes of pixels"
+    return None
 
 
 def folder_problems(folder: str | Path, shape: tuple[int, int, int], num_classes: int,
@@ -72,22 +116,23 @@ def folder_problems(folder: str | Path, shape: tuple[int, int, int], num_classes
     mapping, problem = _read_labels(labels_path)
     if problem:
         return [problem]
-    missing, bad_labels, bad_images = [], [], []
+    root = folder.resolve()
+    outside, missing, bad_labels, bad_images = [], [], [], []
     for name, label in mapping.items():
         if not isinstance(label, int) or isinstance(label, bool) or not 0 <= label < num_classes:
             bad_labels.append(f"{name}: {label!r}")
         file = folder / str(name)
-        if not file.is_file():
+        if not file.resolve().is_relative_to(root):  # resolve() follows links: a link out is outside too
+            outside.append(str(name))
+        elif not file.is_file():
             missing.append(str(name))
-            continue
-        try:
-            array = np.load(file, mmap_mode="r", allow_pickle=False)
-            got = f"{array.dtype} {array.shape}"
-        except (OSError, ValueError) as err:
-            got = f"unreadable: {err}"
-        if got != f"uint8 {tuple(shape)}":
+        elif (got := _npy_problem(file, shape)) is not None:
             bad_images.append(f"{name} ({got})")
     problems = []
+    if outside:
+        problems.append(Problem(str(labels_path), f"names {len(outside)} file(s) outside {folder}: "
+                                f"{_listing(outside)}", "put the images in the folder and name them relative to it "
+                                "(no '..', absolute paths or links out of it)"))
     if missing:
         problems.append(Problem(str(labels_path), f"names {len(missing)} file(s) not in {folder}: {_listing(missing)}",
                                 "add the files or remove their lines"))
@@ -104,7 +149,7 @@ def folder_problems(folder: str | Path, shape: tuple[int, int, int], num_classes
 def load_folder(folder: str | Path) -> EvalSet:
     """Load a folder that :func:`folder_problems` accepted."""
     folder = Path(folder)
-    mapping = yaml.safe_load((folder / LABELS_FILE).read_text())
+    mapping = _parse_labels(folder / LABELS_FILE)
     names = [str(name) for name in mapping]
     images = np.stack([np.load(folder / name, allow_pickle=False) for name in names])
     return EvalSet(names, images, np.array(list(mapping.values()), dtype=np.int64))

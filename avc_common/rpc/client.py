@@ -2,7 +2,10 @@
 
 Calls wait for the server to be ready and are retried with exponential backoff while it
 is unreachable (UNAVAILABLE, or DEADLINE_EXCEEDED with no answer to ModelInfo either), never
-when it refused the request (INVALID_ARGUMENT, RESOURCE_EXHAUSTED): those are final.
+when it refused the request (INVALID_ARGUMENT, or RESOURCE_EXHAUSTED for the query budget):
+those are final. A server that is full (its caps on calls or queued images) answers
+RESOURCE_EXHAUSTED with gRPC's retry hint ``grpc-retry-pushback-ms`` in the trailers and
+charges nothing: the call is sent again after that pause, within ``max_wait_s``.
 
 A busy server is not a dead one. Each Predict's deadline grows with the images it carries
 and those queued before it, at the server's own measured time per image (``ModelInfo``);
@@ -24,7 +27,7 @@ import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from avc_common.images import ImageShape, ModelSpec
-from avc_common.rpc import defense_pb2, defense_pb2_grpc
+from avc_common.rpc import PUSHBACK_KEY, defense_pb2, defense_pb2_grpc
 
 Reply = TypeVar("Reply")
 RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
@@ -45,7 +48,7 @@ class InvalidRequestError(DefenseError):
 
 
 class BudgetExhaustedError(DefenseError):
-    """RESOURCE_EXHAUSTED: the query budget cannot cover the request (or it was too large)."""
+    """RESOURCE_EXHAUSTED without a retry hint: the query budget cannot cover the request (or it was too large)."""
 
 
 class ServerUnavailableError(DefenseError):
@@ -58,6 +61,17 @@ _ERRORS: dict[grpc.StatusCode, type[DefenseError]] = {
     grpc.StatusCode.UNAVAILABLE: ServerUnavailableError,
     grpc.StatusCode.DEADLINE_EXCEEDED: ServerUnavailableError,
 }
+
+
+def _pushback_s(err: grpc.RpcError) -> float | None:
+    """The pause a busy server asked for (RESOURCE_EXHAUSTED with the retry hint), or None for a final refusal."""
+    if err.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return None
+    hint = dict(err.trailing_metadata() or ()).get(PUSHBACK_KEY)
+    try:
+        return max(int(hint), 0) / 1000 if hint is not None else None
+    except (TypeError, ValueError):
+        return None  # a hint that is not a number of ms: not one we can follow
 
 
 @dataclass(frozen=True)
@@ -79,7 +93,13 @@ class DefenseClient:
     ``timeout_s`` is the deadline of a call on an idle server; a Predict's adds ``patience`` times the
     server's time per image for its images and those queued before it. A Predict is sent again while
     the server is busy for at most ``max_wait_s`` in all. ``retries`` and ``backoff_s`` (doubling) govern
-    an unreachable server; ``concurrency`` is how many chunks of one large :meth:`predict` are in flight.
+    an unreachable server; ``concurrency`` is how many chunks of the :meth:`predict` calls too large for one
+    request are in flight, over all callers.
+
+    One client serves several threads at once (the scorer's concurrent units): the channel and its stubs are
+    thread-safe, each call keeps its retry state to itself, and the cached :class:`ServerInfo` is replaced
+    whole, never edited. A :meth:`predict` that fits one request is sent from its caller's thread, so the
+    callers' requests are never queued behind the pool; only a larger one's chunks share it.
     """
 
     def __init__(self, target: str, timeout_s: float = 30.0, retries: int = 5, backoff_s: float = 0.2,
@@ -114,6 +134,10 @@ class DefenseClient:
                 if (deadline_s and code == grpc.StatusCode.DEADLINE_EXCEEDED and time.monotonic() < give_up
                         and self._busy()):
                     continue  # slow, not gone: again, with a deadline from the server's fresh figures
+                pause_s = _pushback_s(err)
+                if pause_s is not None and time.monotonic() + pause_s < give_up:
+                    time.sleep(pause_s)  # full, not failing: the server said when to come back
+                    continue
                 if code not in RETRYABLE or attempt >= self.retries:
                     raise _ERRORS.get(code, DefenseError)(code, err.details() or "") from None
             time.sleep(self.backoff_s * 2 ** attempt)
@@ -149,9 +173,10 @@ class DefenseClient:
         info = self._info or self.info()
         info.model.shape.check(images)
         step = info.max_images_per_request
+        if len(images) <= step:  # one request (or none), sent from this thread
+            return self._predict_chunk(images) if len(images) else np.empty(0, dtype=np.int64)
         chunks = [images[i:i + step] for i in range(0, len(images), step)]
-        labels = list(self._pool.map(self._predict_chunk, chunks))
-        return np.concatenate(labels) if labels else np.empty(0, dtype=np.int64)
+        return np.concatenate(list(self._pool.map(self._predict_chunk, chunks)))
 
     def _predict_chunk(self, images: np.ndarray) -> np.ndarray:
         request = defense_pb2.PredictRequest(images=[im.tobytes() for im in images])

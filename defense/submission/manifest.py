@@ -21,6 +21,7 @@ from dockerfile_parse import DockerfileParser
 from avc_common.artifact import MODEL_FILE, ArtifactError, read_manifest, sha256_file
 from avc_common.images import ImageShape
 from avc_common.problems import Problem
+from avc_common.yaml_unique import load_yaml
 
 DEFAULT_ARTIFACT = "runs/fmnist-trades/artifact"
 INPUT_KEYS = ("height", "width", "channels", "num_classes")
@@ -288,7 +289,7 @@ def load(path: str | Path) -> tuple[Submission | None, list[Problem]]:
     """Parse and validate ``crisp.yaml``; the Submission is None whenever there is any problem."""
     path = Path(path)
     try:
-        doc = yaml.safe_load(path.read_text())
+        doc = load_yaml(path.read_text())
     except OSError as err:
         return None, [Problem(str(path), f"cannot read it ({err.strerror})", "pass the path of your crisp.yaml")]
     except yaml.YAMLError as err:

@@ -6,6 +6,14 @@
 #   docker run --rm -p 50051:50051 defense-server                  # extra args go to `serve`
 #   python -m defense check crisp.yaml                             # the same command, checked locally
 #
+# Plaintext for anyone by default. Over a network, serve TLS to named callers, each with its own
+# query budget, from files mounted read-only (docs/containers.md "TLS and callers", docs/grpc.md
+# "Security"); arguments after the image replace CMD, so repeat --device, and give the probe TLS:
+#   docker run --rm -p 50051:50051 -v "$PWD/certs:/certs:ro" \
+#       --health-cmd 'python -m defense.health --target 127.0.0.1:50051 --tls-ca /certs/ca.pem --tls-server-name NAME' \
+#       defense-server --device cpu --tls-cert /certs/server.pem --tls-key /certs/server.key \
+#       --callers /certs/callers.json
+#
 # CPU by default: TORCH pins the CPU build, from PyTorch's CPU index (TORCH_INDEX).
 #
 # CUDA variant: same base image (a CUDA torch wheel brings its own CUDA runtime libraries;
@@ -51,8 +59,10 @@ COPY ${ARTIFACT} /opt/defense/model
 
 USER 10001:10001
 EXPOSE 50051
-# defense.health imports grpc only (not torch): a probe costs ~0.3 s and ~45 MB.
+# defense.health imports grpc only (not torch): a probe costs ~0.3 s and ~45 MB. Plaintext: a TLS server needs
+# --health-cmd with --tls-ca (see the top of this file). Health needs no token, even with --callers.
 HEALTHCHECK --interval=30s --timeout=10s --start-period=120s --retries=3 \
     CMD ["python", "-m", "defense.health", "--target", "127.0.0.1:50051", "--timeout-s", "5"]
+# --host 0.0.0.0: inside the container, so that the published port reaches it (serve's own default is 127.0.0.1)
 ENTRYPOINT ["python", "-m", "defense", "serve", "--model", "/opt/defense/model", "--host", "0.0.0.0", "--port", "50051"]
 CMD ["--device", "cpu"]

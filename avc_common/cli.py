@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import re
 import sys
 from collections.abc import Callable
@@ -133,14 +134,42 @@ def add_data(parser: argparse._ActionsContainer, help: str, default: Path | None
     parser.add_argument("--data", type=Path, metavar="DIR", default=default, help=help)
 
 
+def writable(folder: bool) -> Callable[[str], Path]:
+    """An argparse type: a path this process can write as a folder (``folder``) or a file (``-``: standard output).
+
+    Checked while parsing, because writing fails only once the work is done (``--json``) or after
+    the data and model are loaded (``--output``): a file where a folder is wanted or the reverse, a
+    file in the way higher up, or no permission to write where it would be created.
+    """
+    kind = "a folder" if folder else "a file"
+
+    def check(text: str) -> Path:
+        path = Path(text)
+        if not folder and text == STDOUT:
+            return path
+        if path.exists() and path.is_dir() != folder:
+            raise argparse.ArgumentTypeError(f"expected {kind}, but {path} is {'a file' if folder else 'a folder'}")
+        parent = next(p for p in path.absolute().parents if p.exists())  # where it would be created
+        if not parent.is_dir():
+            raise argparse.ArgumentTypeError(f"expected {kind} path, but {parent} is a file")
+        where = path if path.exists() else parent
+        if not os.access(where, os.W_OK):
+            raise argparse.ArgumentTypeError(f"cannot write to {where} (permission denied)")
+        return path
+
+    return check
+
+
 def add_output(parser: argparse._ActionsContainer, default: Path, holds: str) -> argparse.Action:
-    """``--output DIR``: the folder ``holds`` is written to; returns the action (for :func:`add_alias`)."""
-    return parser.add_argument("--output", type=Path, metavar="DIR", default=default, help=f"{holds} go here")
+    """``--output DIR``: the folder ``holds`` is written to (checked writable while parsing, the default too);
+    returns the action (for :func:`add_alias`)."""
+    return parser.add_argument("--output", type=writable(folder=True), metavar="DIR", default=str(default),
+                               help=f"{holds} go here")
 
 
 def add_json(parser: argparse._ActionsContainer, what: str = "the JSON summary") -> None:
     """``--json PATH``: also write ``what`` there (``-``: to standard output, see :func:`write_json`)."""
-    parser.add_argument("--json", type=Path, metavar="PATH", default=None,
+    parser.add_argument("--json", type=writable(folder=False), metavar="PATH", default=None,
                         help=f"also write {what} here (- = standard output; the text summary then goes to "
                              f"standard error)")
 

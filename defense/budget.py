@@ -1,4 +1,5 @@
-"""The server's optional total query budget, counted in images classified.
+"""A query budget, counted in images classified: the server's one shared budget, or a named caller's own
+(``defense/callers.py``).
 
 A request the remaining budget cannot cover is refused whole and nothing is counted,
 so a client near the end of its budget can retry with fewer images.

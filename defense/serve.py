@@ -1,9 +1,14 @@
 """``python -m defense serve``: serve a model artifact as the label-only gRPC service.
 
 Loads the artifact (a folder that is not one, or whose model does not match its manifest,
-exits 2), listens on --host:--port and answers Predict, ModelInfo, health and reflection
-until SIGTERM or SIGINT, then lets in-flight calls finish for --grace-s and exits 0
-(1 if the address cannot be bound). The container's ENTRYPOINT runs exactly this command.
+exits 2), listens on --host:--port (loopback unless told otherwise) and answers Predict,
+ModelInfo, health and reflection until SIGTERM or SIGINT, then lets in-flight calls finish
+for --grace-s and exits 0 (1 if the address cannot be bound). The container's ENTRYPOINT runs
+exactly this command, with --host 0.0.0.0.
+
+Where other machines reach it, serve TLS (--tls-cert, --tls-key; --tls-client-ca for mutual
+TLS) to named callers (--callers), each with its own query budget: docs/grpc.md "Security".
+Unusable certificates, keys or callers file exit 2 before the model is loaded.
 """
 from __future__ import annotations
 
@@ -26,7 +31,9 @@ from avc_common.cli import (
     set_threads,
 )
 from avc_common.images import ImageShape
+from avc_common.rpc.credentials import CredentialsError, ServerTls
 from defense import limits
+from defense.callers import Caller, CallersError, load_callers
 from defense.server import ServerConfig, serve
 
 DEFAULTS = ServerConfig()
@@ -35,7 +42,9 @@ DEFAULTS = ServerConfig()
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The server's flags (``python -m defense serve`` and ``avc-serve``)."""
     p.add_argument("--model", required=True, metavar="DIR", help="model artifact folder (model.pt2 + manifest.json)")
-    p.add_argument("--host", default=DEFAULTS.host, help="address to listen on")
+    p.add_argument("--host", default=DEFAULTS.host,
+                   help="address to listen on: loopback, this machine only, unless set (0.0.0.0: every interface, "
+                        "as the container passes; then serve TLS to named callers, see --tls-cert and --callers)")
     p.add_argument("--port", type=port, default=DEFAULTS.port, help="port to listen on (0 = any free port)")
     p.add_argument("--max-images-per-request", metavar="N", type=positive_int, default=DEFAULTS.max_images_per_request,
                    help="most images one Predict may carry; larger requests are refused")
@@ -44,7 +53,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-delay-ms", metavar="MS", type=non_negative_float, default=DEFAULTS.max_delay_ms,
                    help="longest a request waits for others to fill its batch")
     p.add_argument("--query-budget", metavar="IMAGES", type=non_negative_int, default=DEFAULTS.query_budget,
-                   help="total images the server will classify, then RESOURCE_EXHAUSTED (0 = unlimited)")
+                   help="total images the server will classify, for all callers together, then RESOURCE_EXHAUSTED "
+                        "(0 = unlimited); with --callers each caller's own budget is in the file instead")
     mib = DEFAULTS.memory_mib  # the derived defaults, worked out for the help
     calls = limits.default_max_concurrent_calls(mib)
     fmnist = limits.default_max_queued_images(ImageShape(28, 28, 1), mib)
@@ -70,16 +80,58 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stats-file", metavar="PATH", type=Path, default=DEFAULTS.stats_file,
                    help="also keep the cumulative counters in this JSON file (fields: defense/stats.py), rewritten "
                         "about once a second while there is traffic, at shutdown and on SIGUSR1")
+    s = p.add_argument_group("security (docs/grpc.md \"Security\")")
+    s.add_argument("--tls-cert", metavar="PEM", type=Path, default=None,
+                   help="serve TLS with this certificate chain (PEM), with --tls-key (default: plaintext, for a "
+                        "loopback --host or a network that only trusted machines reach)")
+    s.add_argument("--tls-key", metavar="PEM", type=Path, default=None,
+                   help="the unencrypted private key (PEM) of --tls-cert")
+    s.add_argument("--tls-client-ca", metavar="PEM", type=Path, default=None,
+                   help="mutual TLS: refuse every client without a certificate signed by this CA (PEM); needs "
+                        "--tls-cert (default: no client certificates asked for)")
+    s.add_argument("--callers", metavar="FILE", type=Path, default=None,
+                   help="a JSON file of named callers, each with the sha256 of its bearer token and its own query "
+                        "budget; a call without one of their tokens gets UNAUTHENTICATED (default: anyone may call, "
+                        "one --query-budget for all; docs/grpc.md \"Security\" makes a token and its hash)")
+    s.add_argument("--reflection", action=argparse.BooleanOptionalAction, default=DEFAULTS.reflection,
+                   help="serve gRPC server reflection, which answers without a token (default: on without "
+                        "--callers, off with them)")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                    help="logging level (INFO: one throughput line per second of traffic)")
 
 
+def security(args: argparse.Namespace) -> tuple[ServerTls | None, tuple[Caller, ...] | None]:
+    """The TLS files and the callers, read and checked; CredentialsError or CallersError naming the flag."""
+    if args.tls_cert is None:
+        given = next((flag for flag, value in (("--tls-key", args.tls_key), ("--tls-client-ca", args.tls_client_ca))
+                      if value is not None), None)
+        if given:
+            raise CredentialsError(f"{given}: only with --tls-cert (the server's certificate chain)")
+        tls = None
+    elif args.tls_key is None:
+        raise CredentialsError("--tls-cert: needs --tls-key, its private key")
+    else:
+        tls = ServerTls.load(args.tls_cert, args.tls_key, args.tls_client_ca)
+    if args.callers is None:
+        return tls, None
+    if args.query_budget:
+        raise CallersError(f"--query-budget: expected 0 with --callers (each caller's query_budget is in "
+                           f"{args.callers}), got {args.query_budget}")
+    return tls, load_callers(args.callers)
+
+
 def run(args: argparse.Namespace) -> int:
-    """Serve until a signal; 0 after a clean drain, 2 for a bad artifact or caps, 1 if the address cannot be bound."""
+    """Serve until a signal; 0 after a clean drain, 2 for a bad artifact, caps, TLS files or callers file, 1 if the
+    address cannot be bound."""
     floor = max(args.max_images_per_request, args.max_batch_size)
     if args.max_queued_images is not None and args.max_queued_images < floor:
         print(f"error: --max-queued-images: expected at least {floor} (--max-images-per-request and --max-batch-size: "
               f"a full request or batch must fit the queue), got {args.max_queued_images}", file=sys.stderr)
+        return 2
+    try:
+        tls, callers = security(args)
+    except (CredentialsError, CallersError) as err:
+        print(f"error: {err}", file=sys.stderr)
         return 2
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     set_threads(args.threads)
@@ -93,7 +145,8 @@ def run(args: argparse.Namespace) -> int:
                           max_batch_size=args.max_batch_size, max_delay_ms=args.max_delay_ms,
                           query_budget=args.query_budget, grace_s=args.grace_s, stats_file=args.stats_file,
                           memory_mib=args.memory_mib, max_concurrent_calls=args.max_concurrent_calls,
-                          max_queued_images=args.max_queued_images)
+                          max_queued_images=args.max_queued_images, tls=tls, callers=callers,
+                          reflection=args.reflection)
     try:
         asyncio.run(serve(artifact, config, str(args.device)))
     except OSError as err:

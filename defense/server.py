@@ -1,4 +1,5 @@
-"""The gRPC transport: ``defense.v1.Defense`` plus health and reflection over a :class:`Batcher`.
+"""The gRPC transport: ``defense.v1.Defense`` plus health and reflection over a :class:`Batcher`, in plaintext
+or TLS (optionally mutual), for anyone or for named callers with their own budgets (:mod:`defense.callers`).
 
 Why ``grpc.aio`` rather than the thread-pool server: every in-flight Predict is just
 a coroutine awaiting its batch, so thousands of concurrent clients cost no threads,
@@ -6,8 +7,10 @@ and the batch size is bounded by ``max_batch_size`` rather than by a worker-pool
 (a sync server with N workers can never form a batch of more than N requests). The
 model runs in the batcher's own thread, never on the event loop.
 
-The servicer only translates: bytes -> :func:`decode_images` -> :class:`QueryBudget`
--> :class:`Batcher` -> labels; each of those is tested on its own without a network.
+The servicer only translates: the caller's token -> its :class:`Account` (:class:`Accounts`), bytes ->
+:func:`decode_images` -> the account's :class:`QueryBudget` -> :class:`Batcher` -> labels; each of those is
+tested on its own without a network. Health always answers without a token (a container runtime's probe
+has none, and it tells only SERVING or not); reflection is off when there are callers unless asked for.
 Every request is parsed inside its handler (:mod:`defense.wire`), so a body that is not a
 protobuf is an ordinary INVALID_ARGUMENT, and everything a client can make the server refuse
 is counted and logged at most once per :data:`defense.throttled_log.INTERVAL_S` per kind.
@@ -31,9 +34,10 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2
 from avc_common.artifact import Artifact
 from avc_common.images import ImageShape
 from avc_common.rpc import PUSHBACK_KEY, defense_pb2, defense_pb2_grpc
+from avc_common.rpc.credentials import ServerTls
 from defense import health_service, limits, wire
 from defense.batcher import Batcher, QueueFull
-from defense.budget import QueryBudget
+from defense.callers import Account, Accounts, Caller
 from defense.health_service import HealthService
 from defense.stats import INTERVAL_S, ServerStats
 from defense.throttled_log import ThrottledLog
@@ -50,7 +54,7 @@ log = logging.getLogger("defense.server")
 class ServerConfig:
     """Serving options; the CLI flags map one-to-one onto these fields."""
 
-    host: str = "0.0.0.0"
+    host: str = "127.0.0.1"  # loopback: reachable from other machines only when asked (the container passes 0.0.0.0)
     port: int = 50051
     max_images_per_request: int = 256
     max_batch_size: int = 256
@@ -58,12 +62,20 @@ class ServerConfig:
     # still share the next one. Waiting 2 ms added ~2 ms to every lone request and, in closed-loop
     # load of 8 or 64 clients, gave no measurable throughput (bench/server.py, docs/benchmarks.md).
     max_delay_ms: float = 0.0
-    query_budget: int = 0
+    query_budget: int = 0  # shared by every call; must be 0 with callers, who each have their own
     grace_s: float = 10.0
     stats_file: Path | None = None  # where to keep the counters as JSON (defense/stats.py); None: nowhere
     memory_mib: int = limits.MEMORY_MIB  # what the two caps below are derived from when they are None
     max_concurrent_calls: int | None = None  # None: limits.default_max_concurrent_calls(memory_mib)
     max_queued_images: int | None = None  # None: limits.default_max_queued_images(...), at least a full request/batch
+    tls: ServerTls | None = None  # None: plaintext
+    callers: tuple[Caller, ...] | None = None  # None: no tokens, every call the one anonymous caller
+    reflection: bool | None = None  # None: on without callers, off with them (reflection answers without a token)
+
+    @property
+    def reflecting(self) -> bool:
+        """Whether server reflection is served."""
+        return self.callers is None if self.reflection is None else self.reflection
 
     def caps(self, shape: ImageShape) -> tuple[int, int]:
         """(most Predict calls in flight, most images queued) for a model taking ``shape`` images."""
@@ -89,18 +101,18 @@ class Counters:
 
 
 class DefenseServicer(defense_pb2_grpc.DefenseServicer):
-    """Wire <-> domain: decode and check, charge the budget, batch, answer labels.
+    """Wire <-> domain: identify the caller, decode and check, charge its budget, batch, answer labels.
 
     At most ``max_calls`` Predicts wait for labels at once; :meth:`drain` stops taking new ones.
     """
 
-    def __init__(self, artifact: Artifact, max_images: int, batcher: Batcher, budget: QueryBudget,
+    def __init__(self, artifact: Artifact, max_images: int, batcher: Batcher, accounts: Accounts,
                  max_calls: int, refusals: ThrottledLog) -> None:
         self._spec = artifact.input_shape
         self._manifest = artifact.manifest
         self._max_images = max_images
         self._batcher = batcher
-        self._budget = budget
+        self._accounts = accounts
         self._max_calls = max_calls
         self._refusals = refusals
         self._in_flight = 0  # Predicts whose images are with the batcher
@@ -111,16 +123,19 @@ class DefenseServicer(defense_pb2_grpc.DefenseServicer):
 
     async def ModelInfo(self, request: defense_pb2.ModelInfoRequest,
                         context: grpc.aio.ServicerContext) -> defense_pb2.ModelInfo:
+        account = await self._identify(context)
         return defense_pb2.ModelInfo(
             height=self._spec.height, width=self._spec.width, channels=self._spec.channels,
             num_classes=self._manifest["num_classes"], class_names=self._manifest["class_names"],
             max_images_per_request=self._max_images,
-            query_budget_total=self._budget.total, query_budget_remaining=self._budget.remaining,
-            seconds_per_image=self._batcher.seconds_per_image, queued_images=self._batcher.queued_images)
+            query_budget_total=account.budget.total, query_budget_remaining=account.budget.remaining,
+            seconds_per_image=self._batcher.seconds_per_image, queued_images=self._batcher.queued_images,
+            caller=account.name)
 
     async def Predict(self, request: defense_pb2.PredictRequest,
                       context: grpc.aio.ServicerContext) -> defense_pb2.PredictResponse:
         start_s = time.perf_counter()
+        budget = (await self._identify(context)).budget  # charged, and refunded, to this caller alone
         if self._draining:
             self.counters.draining += 1
             await context.abort(grpc.StatusCode.UNAVAILABLE, "the server is shutting down; send the call again")
@@ -129,7 +144,7 @@ class DefenseServicer(defense_pb2_grpc.DefenseServicer):
                                                       f"most this server takes (--max-concurrent-calls)")
         try:
             images = decode_images(request.images, self._spec, self._max_images)
-            self._budget.spend(len(images))
+            budget.spend(len(images))
         except RequestError as err:
             self.counters.errors += 1
             await context.abort(err.code, err.message)
@@ -137,7 +152,7 @@ class DefenseServicer(defense_pb2_grpc.DefenseServicer):
         try:
             future = self._batcher.submit(images)
         except QueueFull as err:
-            self._budget.refund(len(images))
+            budget.refund(len(images))
             await self._refuse_busy(context, "queue", f"{err} (--max-queued-images)")
         self._in_flight += 1  # no await since the check above: the cap holds exactly
         self._idle.clear()
@@ -145,7 +160,7 @@ class DefenseServicer(defense_pb2_grpc.DefenseServicer):
             labels = await asyncio.wrap_future(future)
         except asyncio.CancelledError:  # the caller left (cancelled, or its deadline passed): no forward for it
             if dropped := self._batcher.abandon(future):
-                self._budget.refund(dropped)
+                budget.refund(dropped)
                 self.counters.dropped += 1
                 self.counters.dropped_images += dropped
                 self._refusals.warning("dropped", "a caller (%s) left before its labels: %d images not computed "
@@ -164,6 +179,15 @@ class DefenseServicer(defense_pb2_grpc.DefenseServicer):
         self.counters.images += len(labels)
         self.counters.answer_s += time.perf_counter() - start_s
         return response
+
+    async def _identify(self, context: grpc.aio.ServicerContext) -> Account:
+        """The calling caller's account, or UNAUTHENTICATED (logged, throttled) without one of its tokens."""
+        try:
+            return self._accounts.identify(context.invocation_metadata())
+        except RequestError as err:
+            self._refusals.warning("unauthenticated", "refused a call from %s with UNAUTHENTICATED: %s",
+                                   context.peer(), err.message)
+            await context.abort(err.code, err.message)
 
     def unparsable(self, method: str, nbytes: int, context: grpc.aio.ServicerContext) -> None:
         """Count and (throttled) log a body that was not a protobuf of ``method``'s request (:mod:`defense.wire`)."""
@@ -206,7 +230,8 @@ class DefenseServer:
         self.batcher = Batcher(artifact.model, max_batch_size=config.max_batch_size, max_delay_ms=config.max_delay_ms,
                                device=device, max_queued_images=self.max_queued_images)
         self.servicer = DefenseServicer(artifact, config.max_images_per_request, self.batcher,
-                                        QueryBudget(config.query_budget), self.max_concurrent_calls, ThrottledLog(log))
+                                        Accounts(config.callers, config.query_budget), self.max_concurrent_calls,
+                                        ThrottledLog(log))
         self._health = HealthService(("", SERVICE))
         self._server: grpc.aio.Server | None = None
         self._started_s: float | None = None
@@ -224,13 +249,16 @@ class DefenseServer:
         servicer, health = self.servicer, self._health
         served = {DEFENSE: {"ModelInfo": servicer.ModelInfo, "Predict": servicer.Predict},
                   health_service.SERVICE: {"Check": health.Check, "Watch": health.Watch}}
-        reflecting = reflection.aio.ReflectionServicer([*(s.full_name for s in served), REFLECTION.full_name])
-        served[REFLECTION] = {"ServerReflectionInfo": reflecting.ServerReflectionInfo}
+        if self.config.reflecting:
+            reflecting = reflection.aio.ReflectionServicer([*(s.full_name for s in served), REFLECTION.full_name])
+            served[REFLECTION] = {"ServerReflectionInfo": reflecting.ServerReflectionInfo}
         for service, behaviours in served.items():
             wire.add_service(server, service, behaviours, servicer.unparsable)
         address = f"{self.config.host}:{self.config.port}"
+        tls = self.config.tls
         try:
-            port = server.add_insecure_port(address)
+            port = (server.add_insecure_port(address) if tls is None
+                    else server.add_secure_port(address, tls.credentials()))
         except RuntimeError as err:
             raise OSError(f"cannot listen on {address}: {err}") from err
         await server.start()
@@ -342,6 +370,13 @@ async def serve(artifact: Artifact, config: ServerConfig, device: str = "cpu") -
     log.info("listening on %s:%d (%s, %s x %s x %s, %d classes, device %s; at most %d calls in flight and %d images "
              "queued)", config.host, port, artifact.manifest["arch"], *artifact.input_shape, artifact.num_classes,
              device, server.max_concurrent_calls, server.max_queued_images)
+    log.info("%s; %s; reflection %s", "plaintext" if config.tls is None else
+             "TLS" + (", client certificates required" if config.tls.client_ca else ""),
+             "anyone may call" if config.callers is None else f"{len(config.callers)} named callers, each with its "
+             f"own budget", "on" if config.reflecting else "off")
+    if config.callers is not None and config.tls is None:
+        log.warning("bearer tokens without TLS cross the network in the clear: serve with --tls-cert and --tls-key "
+                    "unless every caller is on this machine")
     await server.warm_up()
     log.info("model warmed up; SERVING%s", f"; counters in {config.stats_file}" if config.stats_file else "")
     await stopping.wait()

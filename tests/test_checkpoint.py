@@ -136,13 +136,6 @@ def test_evaluate_says_a_missing_model_is_not_found(tmp_path, capsys):
     assert "--model" in err and "not found" in err and "resume" not in err
 
 
-def test_train_refuses_an_output_that_is_a_file(fmnist_dir, tmp_path, capsys):
-    output = tmp_path / "notes.txt"
-    output.write_text("keep me")
-    assert train_tiny.main(train_args(fmnist_dir, output)) == 2
-    err = capsys.readouterr().err
-    assert err.startswith(f"error: --output {output}") and "is a file" in err and err.count("\n") == 1
-    assert output.read_text() == "keep me"
 
 
 def test_resume_refuses_optimizer_state_that_does_not_fit(genuine, fmnist_dir, tmp_path, capsys):

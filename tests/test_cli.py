@@ -16,6 +16,7 @@ import torch
 from attacks.scoring import cli as score_cli
 from avc_common.cli import write_json
 from defense import cli as defense_cli
+from defense.process import free_port
 from defense.submission import check
 from defense.submission.manifest import option, with_option
 from training import train_tiny
@@ -121,6 +122,42 @@ def test_score_dataset_follows_data(tmp_path, capsys):
     assert (args.dataset, args.data) == ("tiny_imagenet", tmp_path)
     assert exit_code(score_cli.parse_args, ["--target", "t", "--data", "fashion_mnist"]) == 2  # the old spelling
     assert "name the data set with --dataset fashion_mnist" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("script, argv, flag, where, problem", [
+    ("avc-score", ["--target", "t"], "--output", "file", "expected a folder, but {file} is a file"),
+    ("avc-score", ["--target", "t"], "--output", "file/run", "expected a folder path, but {file} is a file"),
+    ("avc-score", ["--target", "t"], "--json", "folder", "expected a file, but {folder} is a folder"),
+    ("avc-train", [], "--output", "file", "expected a folder, but {file} is a file"),
+    ("avc-evaluate", ["--model", "m"], "--json", "folder", "expected a file, but {folder} is a folder"),
+    ("avc-check", [], "--json", "file/report.json", "expected a file path, but {file} is a file"),
+])
+def test_an_output_or_json_that_cannot_be_written_exits_2_before_any_work(tmp_path, capsys, script, argv, flag,
+                                                                          where, problem):
+    """Every command checks --output and --json while parsing (avc_common.cli.writable), not once the work is done."""
+    paths = {"file": tmp_path / "file", "folder": tmp_path}
+    paths["file"].write_text("not a folder")
+    path = paths.get(where, tmp_path / where)
+    assert exit_code(entry_point(script), [*argv, flag, str(path)]) == 2
+    assert f"argument {flag}: {problem.format(**paths)}\n" in capsys.readouterr().err
+    assert paths["file"].read_text() == "not a folder"
+
+
+def test_score_help_says_how_long_a_missing_server_is_tried(monkeypatch, capsys):
+    monkeypatch.setenv("COLUMNS", "1000")
+    assert exit_code(score_cli.main, ["--help"]) == 0
+    text = capsys.readouterr().out
+    assert "given up after the pauses alone (6.2 s with the defaults)" in text and "(186 s)" in text, text
+
+
+@pytest.mark.parametrize("target, reason", [("127.0.0.1:{port}", "connection refused"),
+                                            ("no-such-host.invalid:50051", "cannot resolve host")])
+def test_health_says_why_it_found_no_server(target, reason, capsys):
+    target = target.format(port=free_port())
+    assert entry_point("avc-health")(["--target", target, "--timeout-s", "2"]) == 1
+    err = capsys.readouterr().err
+    assert f"no answer from {target} after " in err and f" s: {reason}; " in err, err  # at once: no deadline spent
+    assert err.count(target) == 1 and len(err.splitlines()) == 1, err
 
 
 def test_json_dash_writes_to_stdout(tmp_path, capsys):

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import threading
+import time
 from pathlib import Path
 
 import grpc
@@ -23,6 +25,7 @@ from avc_common.artifact import Artifact, load_artifact, save_artifact
 from avc_common.data.evalset import write_folder
 from avc_common.data.fashion_mnist import load_fashion_split
 from avc_common.rpc.client import DefenseClient, ServerUnavailableError
+from defense.process import free_port
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -362,3 +365,51 @@ def test_bad_input_exits_2_saying_what_was_expected(artifact_dir, folder, tmp_pa
                  *CHEAP, *extra) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and re.search(message, err), err
+
+
+def test_a_surrogate_for_other_images_exits_2_before_any_attack_runs(artifact_dir, folder, tmp_path, capsys):
+    surrogate = save_artifact(nn.Sequential(nn.Flatten(), nn.Linear(8 * 8 * 3, 10)).eval(), tmp_path / "surrogate",
+                              input_shape=(8, 8, 3), class_names=[f"c{i}" for i in range(10)], arch="linear",
+                              dataset="test", training={}, metrics={})
+    out = tmp_path / "out"
+    assert score("--model", artifact_dir, "--data", folder, "--output", out, "--no-reference", "--surrogate",
+                 surrogate, *CHEAP, "--attacks", "transfer") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: --surrogate: surrogate {surrogate} takes (8, 8, 3) images with 10 classes; the target "
+                   f"takes (28, 28, 1) with 10"], err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("where, reason", [("refused", "connection refused"), ("unknown host", "cannot resolve host"),
+                                           ("silent", "timed out")])
+def test_no_server_at_the_target_says_why_and_exits_3_without_waiting_out_every_deadline(tmp_path, capsys, where,
+                                                                                         reason):
+    """A refused port or an unknown host fails each attempt at once (one 0.2 s pause for --retries 1, not two 5 s
+    deadlines); a port that accepts and never answers costs its --timeout-s."""
+    out, timing = tmp_path / "out", ["--timeout-s", "5", "--retries", "1"]
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()  # connections complete in the kernel; nothing ever answers them
+        if where == "silent":
+            target, timing = f"127.0.0.1:{silent.getsockname()[1]}", ["--timeout-s", "0.5", "--retries", "0"]
+        else:
+            target = f"127.0.0.1:{free_port()}" if where == "refused" else "no-such-host.invalid:50051"
+        start = time.monotonic()
+        assert score("--target", target, "--output", out, *timing, *CHEAP) == score_cli.MODEL_UNAVAILABLE
+        took_s = time.monotonic() - start
+    err = capsys.readouterr().err.strip().splitlines()
+    expected = rf"error: no answer from {re.escape(target)} after [\d.]+ s: {reason}; "
+    assert len(err) == 1 and re.match(expected, err[0]), err
+    assert took_s < 4 and not out.exists()
+
+
+def test_a_server_that_answered_and_went_away_is_reported_as_refused_not_as_a_deadline(artifact_dir):
+    server = LiveServer(load_artifact(artifact_dir))
+    with DefenseClient(server.target, timeout_s=0.5, retries=0) as client:
+        assert client.health() == "SERVING"
+        server.close()
+        with pytest.raises(ServerUnavailableError) as caught:
+            client.health()  # waits for the server to come back (it may be restarting), then asks why it did not
+    assert caught.value.reason == "connection refused"
+    message = str(caught.value)
+    assert re.match(rf"no answer from {re.escape(server.target)} after [\d.]+ s: connection refused; ", message)

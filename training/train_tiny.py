@@ -354,11 +354,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     """``python training/train_tiny.py`` / ``avc-train``: train, evaluate, export; returns the exit status."""
     args = parse_args(argv)
-    existing = next(p for p in (args.output, *args.output.parents) if p.exists())
-    if not existing.is_dir():
-        print(f"error: --output {args.output}: {existing} is a file; expected a folder (made if missing) to hold "
-              f"{CHECKPOINT}, {METRICS}, {SUMMARY} and artifact/", file=sys.stderr)
-        return 2
     try:
         summary = train(args)
     except CheckpointError as err:

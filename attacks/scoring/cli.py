@@ -12,9 +12,10 @@ the attacks of the verified L2 on [0, 1]; the score is the mean and median over 
 same command with the same --output resumes and ends with the same report.
 
 Exit codes: 0 done; 1 unexpected failure; 2 bad input (flags, data, model or surrogate
-folders, an --output holding a different run); 3 the model server stayed unavailable (or
-refused for its own budget) after the client's retries, partial results saved: rerun to
-resume; 130 interrupted (Ctrl-C), partial results saved.
+folders, an --output holding a different run, TLS files, a token the server refuses); 3
+the model server stayed unavailable (or refused for its own budget) after the client's
+retries, partial results saved: rerun to resume; 130 interrupted (Ctrl-C), partial
+results saved.
 """
 from __future__ import annotations
 
@@ -49,7 +50,7 @@ from attacks.scoring.pipeline import ChunkResult, SuiteRun, collect, worst_case_
 from attacks.scoring.plots import plot_cdf, plot_gallery
 from attacks.scoring.report import RunInfo, build_results, console, markdown
 from attacks.whitebox.reference import minimal_l2
-from attacks.whitebox.surrogate import load_surrogate
+from attacks.whitebox.surrogate import load_ensemble, load_surrogate
 from avc_common.atomic import atomic_write_text
 from avc_common.cli import (
     HelpFormatter,
@@ -65,7 +66,16 @@ from avc_common.cli import (
     text_stream,
     write_json,
 )
-from avc_common.rpc.client import DefenseClient, DefenseError, ServerUnavailableError
+from avc_common.images import ModelSpec
+from avc_common.rpc.client import (
+    BACKOFF_S,
+    DefenseClient,
+    DefenseError,
+    ServerUnavailableError,
+    UnauthenticatedError,
+    unreachable_wait_s,
+)
+from avc_common.rpc.credentials import CredentialsError, add_client_arguments, client_credentials
 
 OK, FAILED, BAD_INPUT, MODEL_UNAVAILABLE, INTERRUPTED = 0, 1, 2, 3, 130
 DEFAULT_IMAGES = 100
@@ -122,7 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_output(o, Path("runs/score"), "results.json, report.md, cdf.png, gallery.png and state/ (resume)")
     add_json(o, "results.json")
     add_device(o, what="--model, the white-box reference and the surrogate attacks' gradients")
-    o.add_argument("--timeout-s", metavar="SECONDS", type=positive_float, default=30.0,
+    timeout_s, retries = 30.0, 5  # the defaults of --timeout-s and --retries, for --retries' figures
+    o.add_argument("--timeout-s", metavar="SECONDS", type=positive_float, default=timeout_s,
                    help="--target: the deadline of a call on an idle server; a Predict's also grows with its "
                         "images and the server's queue, at the server's measured time per image, and a Predict "
                         "that runs out of time while the server still answers is sent again (up to --max-wait-s)")
@@ -134,9 +145,14 @@ def build_parser() -> argparse.ArgumentParser:
                         f"(default: {DEFAULT_CONCURRENCY['target']} with --target, to keep the server's batches "
                         f"full; {DEFAULT_CONCURRENCY['model']} with --model, whose in-process forwards have nothing "
                         f"to batch)")
-    o.add_argument("--retries", metavar="N", type=non_negative_int, default=5,
-                   help="--target: retries (backoff doubling from 0.2 s) while the server is unavailable, "
-                        "before giving up")
+    refused_s, silent_s = unreachable_wait_s(retries, timeout_s)
+    o.add_argument("--retries", metavar="N", type=non_negative_int, default=retries,
+                   help=f"--target: retries (pauses doubling from {BACKOFF_S} s) while the server is unavailable, "
+                        f"before giving up (exit 3). Where no server has answered yet, a refused connection or an "
+                        f"unknown host fails each attempt at once: given up after the pauses alone ({refused_s:.1f} s "
+                        f"with the defaults); a host that does not answer also costs --timeout-s an attempt, and so "
+                        f"does a server that answered and has gone, which may be restarting ({silent_s:.0f} s)")
+    add_client_arguments(o)  # --target: TLS and the bearer token (docs/grpc.md "Security")
     add_progress(o)
     return p
 
@@ -183,16 +199,40 @@ def build_attacks(args: argparse.Namespace) -> tuple[dict[str, Attack], list[str
     return name_attacks(attacks), [str(w.message) for w in caught]
 
 
+def check_surrogates(args: argparse.Namespace, spec: ModelSpec) -> None:
+    """Refuse a --surrogate that takes other images or classes than the model scored, before any attack runs
+    (the transfer attacks would fail on it mid-run)."""
+    if args.surrogate:
+        try:
+            load_ensemble([str(path) for path in args.surrogate], spec.shape, spec.num_classes, device=args.device)
+        except ValueError as err:
+            raise BadInput(f"--surrogate: {err}") from None
+
+
 def open_model(args: argparse.Namespace) -> tuple[Any, dict[str, Any], list[str]]:
     """The label-only model, its description for the report, and its class names."""
     if args.model is not None:
+        remote = [flag for flag in ("tls_ca", "tls_cert", "tls_key", "tls_server_name", "token_file")
+                  if getattr(args, flag) is not None]
+        if remote:
+            raise BadInput(f"--{remote[0].replace('_', '-')}: only with --target (--model runs in-process)")
         try:
             model = ArtifactModel(args.model, device=args.device)
         except (ValueError, OSError) as err:
             raise BadInput(f"--model {args.model}: {err}") from None
         return model, {"artifact": str(args.model), "manifest": model.manifest}, list(model.manifest["class_names"])
-    client = DefenseClient(args.target, timeout_s=args.timeout_s, retries=args.retries, max_wait_s=args.max_wait_s)
-    model = RemoteModel(client)
+    try:
+        tls, token = client_credentials(args)
+    except CredentialsError as err:
+        raise BadInput(str(err)) from None
+    client = DefenseClient(args.target, timeout_s=args.timeout_s, retries=args.retries, max_wait_s=args.max_wait_s,
+                           tls=tls, token=token)
+    try:
+        model = RemoteModel(client)
+    except UnauthenticatedError as err:  # bad credentials are bad input: no retry, and resuming would not help
+        client.close()
+        raise BadInput(f"--token-file: the model server at {args.target} refused this client's token "
+                       f"({'none was given' if token is None else 'from --token-file or $AVC_TOKEN'}): {err}") from None
     spec = client.info()
     return model, {"target": args.target, "info": asdict(spec)}, list(spec.class_names)
 
@@ -255,6 +295,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         suite, notes = build_attacks(args)
         model, model_info, class_names = open_model(args)
+        check_surrogates(args, model.info)
         evalset = load_eval_data(args.dataset, args.data, model.info.shape, model.info.num_classes, args.progress)
         total = len(evalset.images)
         indices = pick(min(DEFAULT_IMAGES, total) if args.images is None else args.images, total, args.sample,
@@ -265,6 +306,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (BadInput, EvalDataError) as err:
         print(f"error: {err}", file=sys.stderr)
         return BAD_INPUT
+    except ServerUnavailableError as err:  # it says where, for how long and why
+        print(f"error: {err}", file=sys.stderr)
+        return MODEL_UNAVAILABLE
     except DefenseError as err:
         print(f"error: cannot reach the model server at {args.target} ({err})", file=sys.stderr)
         return MODEL_UNAVAILABLE

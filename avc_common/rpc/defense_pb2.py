@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x61vc_common/rpc/defense.proto\x12\ndefense.v1\"\x12\n\x10ModelInfoRequest\"\xf4\x01\n\tModelInfo\x12\x0e\n\x06height\x18\x01 \x01(\x05\x12\r\n\x05width\x18\x02 \x01(\x05\x12\x10\n\x08\x63hannels\x18\x03 \x01(\x05\x12\x13\n\x0bnum_classes\x18\x04 \x01(\x05\x12\x13\n\x0b\x63lass_names\x18\x05 \x03(\t\x12\x1e\n\x16max_images_per_request\x18\x06 \x01(\x05\x12\x1a\n\x12query_budget_total\x18\x07 \x01(\x03\x12\x1e\n\x16query_budget_remaining\x18\x08 \x01(\x03\x12\x19\n\x11seconds_per_image\x18\t \x01(\x01\x12\x15\n\rqueued_images\x18\n \x01(\x03\" \n\x0ePredictRequest\x12\x0e\n\x06images\x18\x01 \x03(\x0c\"!\n\x0fPredictResponse\x12\x0e\n\x06labels\x18\x01 \x03(\x05\x32\x8f\x01\n\x07\x44\x65\x66\x65nse\x12@\n\tModelInfo\x12\x1c.defense.v1.ModelInfoRequest\x1a\x15.defense.v1.ModelInfo\x12\x42\n\x07Predict\x12\x1a.defense.v1.PredictRequest\x1a\x1b.defense.v1.PredictResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x61vc_common/rpc/defense.proto\x12\ndefense.v1\"\x12\n\x10ModelInfoRequest\"\x84\x02\n\tModelInfo\x12\x0e\n\x06height\x18\x01 \x01(\x05\x12\r\n\x05width\x18\x02 \x01(\x05\x12\x10\n\x08\x63hannels\x18\x03 \x01(\x05\x12\x13\n\x0bnum_classes\x18\x04 \x01(\x05\x12\x13\n\x0b\x63lass_names\x18\x05 \x03(\t\x12\x1e\n\x16max_images_per_request\x18\x06 \x01(\x05\x12\x1a\n\x12query_budget_total\x18\x07 \x01(\x03\x12\x1e\n\x16query_budget_remaining\x18\x08 \x01(\x03\x12\x19\n\x11seconds_per_image\x18\t \x01(\x01\x12\x15\n\rqueued_images\x18\n \x01(\x03\x12\x0e\n\x06\x63\x61ller\x18\x0b \x01(\t\" \n\x0ePredictRequest\x12\x0e\n\x06images\x18\x01 \x03(\x0c\"!\n\x0fPredictResponse\x12\x0e\n\x06labels\x18\x01 \x03(\x05\x32\x8f\x01\n\x07\x44\x65\x66\x65nse\x12@\n\tModelInfo\x12\x1c.defense.v1.ModelInfoRequest\x1a\x15.defense.v1.ModelInfo\x12\x42\n\x07Predict\x12\x1a.defense.v1.PredictRequest\x1a\x1b.defense.v1.PredictResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,11 +34,11 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MODELINFOREQUEST']._serialized_start=44
   _globals['_MODELINFOREQUEST']._serialized_end=62
   _globals['_MODELINFO']._serialized_start=65
-  _globals['_MODELINFO']._serialized_end=309
-  _globals['_PREDICTREQUEST']._serialized_start=311
-  _globals['_PREDICTREQUEST']._serialized_end=343
-  _globals['_PREDICTRESPONSE']._serialized_start=345
-  _globals['_PREDICTRESPONSE']._serialized_end=378
-  _globals['_DEFENSE']._serialized_start=381
-  _globals['_DEFENSE']._serialized_end=524
+  _globals['_MODELINFO']._serialized_end=325
+  _globals['_PREDICTREQUEST']._serialized_start=327
+  _globals['_PREDICTREQUEST']._serialized_end=359
+  _globals['_PREDICTRESPONSE']._serialized_start=361
+  _globals['_PREDICTRESPONSE']._serialized_end=394
+  _globals['_DEFENSE']._serialized_start=397
+  _globals['_DEFENSE']._serialized_end=540
 # @@protoc_insertion_point(module_scope)

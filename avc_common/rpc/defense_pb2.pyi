@@ -11,7 +11,7 @@ class ModelInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("height", "width", "channels", "num_classes", "class_names", "max_images_per_request", "query_budget_total", "query_budget_remaining", "seconds_per_image", "queued_images")
+    __slots__ = ("height", "width", "channels", "num_classes", "class_names", "max_images_per_request", "query_budget_total", "query_budget_remaining", "seconds_per_image", "queued_images", "caller")
     HEIGHT_FIELD_NUMBER: _ClassVar[int]
     WIDTH_FIELD_NUMBER: _ClassVar[int]
     CHANNELS_FIELD_NUMBER: _ClassVar[int]
@@ -22,6 +22,7 @@ class ModelInfo(_message.Message):
     QUERY_BUDGET_REMAINING_FIELD_NUMBER: _ClassVar[int]
     SECONDS_PER_IMAGE_FIELD_NUMBER: _ClassVar[int]
     QUEUED_IMAGES_FIELD_NUMBER: _ClassVar[int]
+    CALLER_FIELD_NUMBER: _ClassVar[int]
     height: int
     width: int
     channels: int
@@ -32,7 +33,8 @@ class ModelInfo(_message.Message):
     query_budget_remaining: int
     seconds_per_image: float
     queued_images: int
-    def __init__(self, height: _Optional[int] = ..., width: _Optional[int] = ..., channels: _Optional[int] = ..., num_classes: _Optional[int] = ..., class_names: _Optional[_Iterable[str]] = ..., max_images_per_request: _Optional[int] = ..., query_budget_total: _Optional[int] = ..., query_budget_remaining: _Optional[int] = ..., seconds_per_image: _Optional[float] = ..., queued_images: _Optional[int] = ...) -> None: ...
+    caller: str
+    def __init__(self, height: _Optional[int] = ..., width: _Optional[int] = ..., channels: _Optional[int] = ..., num_classes: _Optional[int] = ..., class_names: _Optional[_Iterable[str]] = ..., max_images_per_request: _Optional[int] = ..., query_budget_total: _Optional[int] = ..., query_budget_remaining: _Optional[int] = ..., seconds_per_image: _Optional[float] = ..., queued_images: _Optional[int] = ..., caller: _Optional[str] = ...) -> None: ...
 
 class PredictRequest(_message.Message):
     __slots__ = ("images",)

@@ -52,7 +52,9 @@ class DefenseServicer:
     """
 
     def ModelInfo(self, request, context):
-        """The input shape, classes and limits a client needs before its first Predict.
+        """The input shape, classes and limits a client needs before its first Predict, and
+        the calling caller's own budget. Errors: UNAUTHENTICATED (a server with named
+        callers, and no token of one of them in the call's metadata).
         (The reply type is fully qualified because the rpc shares the message's name.)
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -64,7 +66,8 @@ class DefenseServicer:
         Errors: INVALID_ARGUMENT (empty request, too many images, wrong byte length;
         the message names the expected shape), RESOURCE_EXHAUSTED (the query budget
         cannot cover the whole request, which is then refused and not counted; or the
-        message is larger than max_images_per_request images allow).
+        message is larger than max_images_per_request images allow), UNAUTHENTICATED (a
+        server with named callers, and no token of one of them in the call's metadata).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -4,7 +4,7 @@ For each model (random weights, exported into a temporary artifact exactly as tr
 does) the bench starts ``python -m defense serve`` as a subprocess on 127.0.0.1 (any free
 port; :mod:`defense.process`), so the load generator's GIL never competes with the server's,
 and reads the server's own counters (batches, time in the model, time per call in the server)
-from its ``--stats-file`` (:class:`defense.stats.ServerStats`). Load comes from this
+from its Prometheus metrics (``--metrics-port``, :func:`defense.metrics.scrape`). Load comes from this
 process, in closed loops (each client sends its next call when the previous one returns):
 N single-image clients are coroutines on one ``grpc.aio`` channel; a single client (one
 image, or ``--batch-images`` per call) is a blocking stub, as ``DefenseClient`` uses.
@@ -51,9 +51,10 @@ from avc_common.cli import HelpFormatter
 from avc_common.rpc import defense_pb2
 from avc_common.rpc.client import DefenseClient
 from defense.batcher import classify
+from defense.metrics import scrape
 from defense.process import ServerProcess, ServerStartError, free_port, wait_serving
 from defense.server import ServerConfig
-from defense.stats import ServerStats, fresh
+from defense.stats import ServerStats
 from training.models import create_model
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -162,7 +163,7 @@ class Served:
 
     process: ServerProcess
     target: str
-    stats_file: Path | None  # None: the echo server, which counts nothing
+    metrics_url: str | None  # None: the echo server, which counts nothing
 
     def cpu_s(self) -> float:
         """User + system CPU seconds of the server process so far (all its threads)."""
@@ -170,27 +171,28 @@ class Served:
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def stats(self) -> ServerStats:
-        """The server's counters now, every call it answered so far included (a fresh snapshot on request)."""
-        return fresh(self.stats_file, self.process.proc.pid) if self.stats_file else ServerStats()
+        """The server's counters now, every call it answered so far included (it counts a call before replying)."""
+        return scrape(self.metrics_url) if self.metrics_url else ServerStats()
 
 
 @contextlib.contextmanager
-def serving(argv: list[str], port: int, stats_file: Path | None = None) -> Iterator[Served]:
+def serving(argv: list[str], port: int, metrics_url: str | None = None) -> Iterator[Served]:
     """``argv``, a server that listens on 127.0.0.1:``port``, from once its health says SERVING; stopped after."""
     target = f"127.0.0.1:{port}"
     with ServerProcess(argv, cwd=ROOT) as process:
         wait_serving(process, target, timeout_s=120)
-        yield Served(process, target, stats_file)
+        yield Served(process, target, metrics_url)
 
 
-def defense_server(artifact: Path, stats_file: Path, args: argparse.Namespace,
+def defense_server(artifact: Path, args: argparse.Namespace,
                    max_images: int) -> contextlib.AbstractContextManager[Served]:
-    """``python -m defense serve`` with the bench's settings, its counters in ``stats_file``."""
-    port = free_port()
+    """``python -m defense serve`` with the bench's settings, its counters at its metrics endpoint."""
+    port, metrics_port = free_port(), free_port()
     return serving([sys.executable, "-m", "defense", "serve", "--model", str(artifact), "--host", "127.0.0.1",
                     "--port", str(port), "--threads", str(args.threads), "--max-batch-size", str(args.max_batch_size),
                     "--max-delay-ms", str(args.max_delay_ms), "--max-images-per-request", str(max_images),
-                    "--grace-s", "2", "--stats-file", str(stats_file)], port, stats_file)
+                    "--grace-s", "2", "--metrics-port", str(metrics_port)], port,
+                   f"http://127.0.0.1:{metrics_port}/metrics")
 
 
 def echo_server() -> contextlib.AbstractContextManager[Served]:
@@ -360,9 +362,9 @@ def single_image_latency(server: Served, model, shape: tuple[int, int, int], lab
     between figures taken minutes apart. Even so, a forward in this process and one in the
     server's differ by several ms either way for ResNet-18 (each process slows the other's
     threads). So the added latency is the mean call time minus the mean time the server's own
-    model forward took for those calls (from its stats file: same process, same moments); the
+    model forward took for those calls (from its metrics: same process, same moments); the
     p50 difference against the in-process forward is kept beside it, with its per-round spread.
-    The added latency is split by the server's own time per call (also from its stats file): the
+    The added latency is split by the server's own time per call (also from its metrics): the
     server's Python path (checks, hand-over to the batcher thread and back, the reply) and the
     rest, gRPC transport and the load generator, which no server code runs in.
     """
@@ -431,10 +433,10 @@ def bench_model(name: str, args: argparse.Namespace, tmp: Path) -> dict:
     log(f"[{name}]   {base['images_per_s']:.0f} images/s at batch {args.max_batch_size}, "
         f"batch 1 {base['batch1_ms']:.2f} ms; other processes used {base['other_cores']:.2f} cores")
     scenarios: list[Scenario] = []
-    with defense_server(art_dir, tmp / f"{name}-stats.json", args,
-                        max(DEFAULTS.max_images_per_request, args.batch_images)) as server:
+    with defense_server(art_dir, args, max(DEFAULTS.max_images_per_request, args.batch_images)) as server:
         same = check_labels(server, model, shape)
-        log(f"[{name}] server on {server.target}; labels match in-process: {same}")
+        log(f"[{name}] server on {server.target}, counters from {server.metrics_url}; labels match in-process: "
+            f"{same}")
         plans = [(f"{n}-client{'s' if n > 1 else ''}", n, 1) for n in args.clients]
         if args.batch_images:
             plans.append((f"batch{args.batch_images}-client", 1, args.batch_images))

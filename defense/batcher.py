@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -59,6 +60,15 @@ class _Pending:
         self.arrived = time.monotonic()
 
 
+class ForwardObserver(Protocol):
+    """Told of each model forward (its images and seconds) and of each :meth:`Batcher.reset_stats`: what keeps
+    per-forward figures (the metrics' histograms) beside the batcher's totals, from the same measurement."""
+
+    def forward(self, images: int, seconds: float) -> None: ...
+
+    def reset(self) -> None: ...
+
+
 class Batcher:
     """Coalesces :meth:`submit` calls from any thread into model batches run by one worker thread.
 
@@ -66,7 +76,8 @@ class Batcher:
     """
 
     def __init__(self, model: Model, *, max_batch_size: int = 256, max_delay_ms: float = 2.0,
-                 device: str | torch.device = "cpu", max_queued_images: int | None = None) -> None:
+                 device: str | torch.device = "cpu", max_queued_images: int | None = None,
+                 observer: ForwardObserver | None = None) -> None:
         if max_batch_size < 1 or max_delay_ms < 0 or (max_queued_images is not None and max_queued_images < 1):
             raise ValueError(f"need max_batch_size >= 1, max_delay_ms >= 0 and max_queued_images None or >= 1, "
                              f"got {max_batch_size}, {max_delay_ms} and {max_queued_images}")
@@ -80,6 +91,7 @@ class Batcher:
         self._closed = False
         self._cond = threading.Condition()
         self.stats = BatchStats()
+        self._observer = observer  # told of every forward and every reset_stats, under the lock
         self.seconds_per_image = 0.0  # recent model time per image (moving average over forwards)
         self._worker = threading.Thread(target=self._run, name="batcher", daemon=True)
         self._worker.start()
@@ -126,6 +138,8 @@ class Batcher:
         """Count from zero again (the server does after its warm-up forward); returns the counts so far."""
         with self._cond:
             old, self.stats = self.stats, BatchStats()
+            if self._observer is not None:
+                self._observer.reset()
         return old
 
     def close(self) -> None:
@@ -162,6 +176,8 @@ class Batcher:
                 s = self.stats
                 self.stats = BatchStats(s.batches + 1, s.images + len(images), max(s.largest, len(images)),
                                         s.model_s + model_s)
+                if self._observer is not None:
+                    self._observer.forward(len(images), model_s)
             offset = 0
             for p, start, stop in parts:
                 p.labels[start:stop] = labels[offset:offset + stop - start]

@@ -9,6 +9,9 @@ exactly this command, with --host 0.0.0.0.
 Where other machines reach it, serve TLS (--tls-cert, --tls-key; --tls-client-ca for mutual
 TLS) to named callers (--callers), each with its own query budget: docs/grpc.md "Security".
 Unusable certificates, keys or callers file exit 2 before the model is loaded.
+
+--metrics-port serves Prometheus metrics over plain HTTP (docs/grpc.md "Metrics"), on --host's
+address unless --metrics-host says otherwise; --log-format json writes one JSON object per line.
 """
 from __future__ import annotations
 
@@ -34,9 +37,11 @@ from avc_common.images import ImageShape
 from avc_common.rpc.credentials import CredentialsError, ServerTls
 from defense import limits
 from defense.callers import Caller, CallersError, load_callers
+from defense.json_log import JsonFormatter
 from defense.server import ServerConfig, serve
 
 DEFAULTS = ServerConfig()
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -96,8 +101,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     s.add_argument("--reflection", action=argparse.BooleanOptionalAction, default=DEFAULTS.reflection,
                    help="serve gRPC server reflection, which answers without a token (default: on without "
                         "--callers, off with them)")
-    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+    o = p.add_argument_group("observability (docs/grpc.md \"Metrics\")")
+    o.add_argument("--metrics-port", metavar="PORT", type=port, default=DEFAULTS.metrics_port,
+                   help="serve Prometheus metrics over plain HTTP on this port, at /metrics (0 = any free port, "
+                        "logged at the start; default: no metrics, no port opened)")
+    o.add_argument("--metrics-host", metavar="HOST", default=DEFAULTS.metrics_host,
+                   help="address the metrics listen on (default: --host's, loopback unless set); they answer "
+                        "anyone who reaches them, without TLS or a token")
+    o.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                    help="logging level (INFO: one throughput line per second of traffic)")
+    o.add_argument("--log-format", default="text", choices=["text", "json"],
+                   help="text: one line for people per event; json: one JSON object per line with time, level, "
+                        "logger, message and the event's fields (defense/json_log.py)")
 
 
 def security(args: argparse.Namespace) -> tuple[ServerTls | None, tuple[Caller, ...] | None]:
@@ -128,12 +143,18 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: --max-queued-images: expected at least {floor} (--max-images-per-request and --max-batch-size: "
               f"a full request or batch must fit the queue), got {args.max_queued_images}", file=sys.stderr)
         return 2
+    if args.metrics_port and args.metrics_port == args.port:
+        print(f"error: --metrics-port: expected a port other than --port's ({args.port}), got {args.metrics_port}",
+              file=sys.stderr)
+        return 2
     try:
         tls, callers = security(args)
     except (CredentialsError, CallersError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonFormatter() if args.log_format == "json" else logging.Formatter(TEXT_FORMAT))
+    logging.basicConfig(level=args.log_level, handlers=[handler])
     set_threads(args.threads)
     torch.backends.fp32_precision = "ieee"  # true fp32 on every device (no TF32): labels as exported
     try:
@@ -146,7 +167,7 @@ def run(args: argparse.Namespace) -> int:
                           query_budget=args.query_budget, grace_s=args.grace_s, stats_file=args.stats_file,
                           memory_mib=args.memory_mib, max_concurrent_calls=args.max_concurrent_calls,
                           max_queued_images=args.max_queued_images, tls=tls, callers=callers,
-                          reflection=args.reflection)
+                          reflection=args.reflection, metrics_port=args.metrics_port, metrics_host=args.metrics_host)
     try:
         asyncio.run(serve(artifact, config, str(args.device)))
     except OSError as err:

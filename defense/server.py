@@ -22,7 +22,7 @@ import contextlib
 import logging
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import NoReturn
 
@@ -37,8 +37,10 @@ from avc_common.rpc import PUSHBACK_KEY, defense_pb2, defense_pb2_grpc
 from avc_common.rpc.credentials import ServerTls
 from defense import health_service, limits, wire
 from defense.batcher import Batcher, QueueFull
+from defense.budget import QueryBudget
 from defense.callers import Account, Accounts, Caller
 from defense.health_service import HealthService
+from defense.metrics import CallCounts, CountingInterceptor, ForwardHistograms, MetricsEndpoint
 from defense.stats import INTERVAL_S, ServerStats
 from defense.throttled_log import ThrottledLog
 from defense.validation import RequestError, decode_images, max_message_bytes
@@ -71,6 +73,8 @@ class ServerConfig:
     tls: ServerTls | None = None  # None: plaintext
     callers: tuple[Caller, ...] | None = None  # None: no tokens, every call the one anonymous caller
     reflection: bool | None = None  # None: on without callers, off with them (reflection answers without a token)
+    metrics_port: int | None = None  # Prometheus metrics over HTTP on this port (0: any free one); None: not served
+    metrics_host: str | None = None  # where the metrics listen; None: ``host``
 
     @property
     def reflecting(self) -> bool:
@@ -120,6 +124,12 @@ class DefenseServicer(defense_pb2_grpc.DefenseServicer):
         self._idle.set()
         self._draining = False
         self.counters = Counters()
+        self.budgets: dict[str, QueryBudget] = {}  # each caller's budget, from its first call on (for the metrics)
+
+    @property
+    def in_flight(self) -> int:
+        """Predict calls whose images are with the batcher now."""
+        return self._in_flight
 
     async def ModelInfo(self, request: defense_pb2.ModelInfoRequest,
                         context: grpc.aio.ServicerContext) -> defense_pb2.ModelInfo:
@@ -183,11 +193,13 @@ class DefenseServicer(defense_pb2_grpc.DefenseServicer):
     async def _identify(self, context: grpc.aio.ServicerContext) -> Account:
         """The calling caller's account, or UNAUTHENTICATED (logged, throttled) without one of its tokens."""
         try:
-            return self._accounts.identify(context.invocation_metadata())
+            account = self._accounts.identify(context.invocation_metadata())
         except RequestError as err:
             self._refusals.warning("unauthenticated", "refused a call from %s with UNAUTHENTICATED: %s",
                                    context.peer(), err.message)
             await context.abort(err.code, err.message)
+        self.budgets[account.name] = account.budget
+        return account
 
     def unparsable(self, method: str, nbytes: int, context: grpc.aio.ServicerContext) -> None:
         """Count and (throttled) log a body that was not a protobuf of ``method``'s request (:mod:`defense.wire`)."""
@@ -218,8 +230,9 @@ class DefenseServer:
 
     From SERVING until stopped it counts its traffic (:meth:`stats`) and reports it every
     :data:`defense.stats.INTERVAL_S` while there is some: a log line for people and, with
-    ``config.stats_file``, the counters as JSON for tools. Must be started and stopped on the
-    same running event loop.
+    ``config.stats_file``, the counters as JSON for tools. With ``config.metrics_port`` it also serves
+    them, with the calls by method and status code, as Prometheus metrics (:mod:`defense.metrics`) from
+    :meth:`start` until :meth:`stop` returns. Must be started and stopped on the same running event loop.
     """
 
     def __init__(self, artifact: Artifact, config: ServerConfig, device: str = "cpu") -> None:
@@ -227,12 +240,15 @@ class DefenseServer:
         self._artifact = artifact
         self._device = device
         self.max_concurrent_calls, self.max_queued_images = config.caps(artifact.input_shape)
+        self.forwards = ForwardHistograms()  # the metrics' per-forward histograms
         self.batcher = Batcher(artifact.model, max_batch_size=config.max_batch_size, max_delay_ms=config.max_delay_ms,
-                               device=device, max_queued_images=self.max_queued_images)
+                               device=device, max_queued_images=self.max_queued_images, observer=self.forwards)
         self.servicer = DefenseServicer(artifact, config.max_images_per_request, self.batcher,
                                         Accounts(config.callers, config.query_budget), self.max_concurrent_calls,
                                         ThrottledLog(log))
         self._health = HealthService(("", SERVICE))
+        self.calls = CallCounts()  # every call by method and how it ended: the metrics' defense_requests_total
+        self.metrics: MetricsEndpoint | None = None  # serving the metrics from start() until stop() returns
         self._server: grpc.aio.Server | None = None
         self._started_s: float | None = None
         self._stopped = asyncio.Event()
@@ -245,7 +261,8 @@ class DefenseServer:
         """Listen (health NOT_SERVING until :meth:`warm_up`) and return the bound port."""
         limit = max_message_bytes(self._artifact.input_shape, self.config.max_images_per_request)
         # so_reuseport off: a second server on a busy port fails instead of silently sharing it
-        server = grpc.aio.server(options=[("grpc.max_receive_message_length", limit), ("grpc.so_reuseport", 0)])
+        server = grpc.aio.server(interceptors=[CountingInterceptor(self.calls)],
+                                 options=[("grpc.max_receive_message_length", limit), ("grpc.so_reuseport", 0)])
         servicer, health = self.servicer, self._health
         served = {DEFENSE: {"ModelInfo": servicer.ModelInfo, "Predict": servicer.Predict},
                   health_service.SERVICE: {"Check": health.Check, "Watch": health.Watch}}
@@ -261,6 +278,8 @@ class DefenseServer:
                     else server.add_secure_port(address, tls.credentials()))
         except RuntimeError as err:
             raise OSError(f"cannot listen on {address}: {err}") from err
+        if self.config.metrics_port is not None:  # OSError naming the metrics flags if their address is taken
+            self.metrics = MetricsEndpoint(self, self.config.metrics_host or self.config.host, self.config.metrics_port)
         await server.start()
         self._server = server
         self._started_s = time.monotonic()
@@ -306,9 +325,13 @@ class DefenseServer:
         if self._reporter is not None:
             await self._reporter
             await self._write_stats()
+        if self.metrics is not None:
+            await asyncio.to_thread(self.metrics.close)  # up to half a second: the HTTP server's poll interval
 
     def stats(self) -> ServerStats:
-        """The counters now (fields: :class:`defense.stats.ServerStats`); call it on the server's event loop."""
+        """The counters now (fields: :class:`defense.stats.ServerStats`). Exact on the server's event loop; from
+        another thread (a metrics scrape) each field is exact but a call being answered meanwhile may be in some and
+        not yet in others."""
         counters, batches = self.servicer.counters, self.batcher.stats
         return ServerStats(requests=counters.requests, images=counters.images, errors=counters.errors,
                            unparsable=counters.unparsable, busy=counters.busy, draining=counters.draining,
@@ -317,6 +340,14 @@ class DefenseServer:
                            model_s=batches.model_s, answer_s=counters.answer_s,
                            uptime_s=0.0 if self._started_s is None else time.monotonic() - self._started_s,
                            snapshot_requests=self._snapshot_requests)
+
+    def budgets_remaining(self) -> dict[str, int]:
+        """Images each caller with a query budget may still have classified ("": the anonymous caller, without
+        ``config.callers``); callers without a budget are left out."""
+        callers = self.config.callers
+        totals = {"": self.config.query_budget} if callers is None else {c.name: c.query_budget for c in callers}
+        used = dict(self.servicer.budgets)
+        return {name: used[name].remaining if name in used else total for name, total in totals.items() if total}
 
     def request_snapshot(self) -> None:
         """Write the counters now (the SIGUSR1 handler): the snapshot counts every call answered before it."""
@@ -351,7 +382,7 @@ class DefenseServer:
                          "%d busy, %d batches (mean %.1f images, %.2f ms in the model)",
                          new.images / new.uptime_s, new.requests, new.answer_s * 1e3 / max(new.requests, 1),
                          new.errors, new.unparsable, new.busy, new.batches, new.batch_images / max(new.batches, 1),
-                         new.model_s * 1e3 / max(new.batches, 1))
+                         new.model_s * 1e3 / max(new.batches, 1), extra={"interval": asdict(new)})
                 try:
                     await self._write_stats()
                 except OSError as err:
@@ -377,6 +408,10 @@ async def serve(artifact: Artifact, config: ServerConfig, device: str = "cpu") -
     if config.callers is not None and config.tls is None:
         log.warning("bearer tokens without TLS cross the network in the clear: serve with --tls-cert and --tls-key "
                     "unless every caller is on this machine")
+    if server.metrics is not None:
+        host = config.metrics_host or config.host
+        log.info("Prometheus metrics on http://%s:%d/metrics", f"[{host}]" if ":" in host else host,
+                 server.metrics.port)
     await server.warm_up()
     log.info("model warmed up; SERVING%s", f"; counters in {config.stats_file}" if config.stats_file else "")
     await stopping.wait()

@@ -1,8 +1,9 @@
 """The server's cumulative counters as one JSON object: what ``serve --stats-file`` writes for tools.
 
-Tools that need the server's own figures (bench/server.py splits a call's latency with them)
-read this file, not the log: the log's wording is for people and may change, the fields below
-are the interface. The server writes the file atomically (a reader never sees half of it):
+Tools that need the server's own figures (bench/real_shape.py counts a run's images with them)
+read this file or the server's Prometheus metrics (``--metrics-port``: the same counters and more,
+:mod:`defense.metrics`), not the log: the log's wording is for people and may change, the fields
+below are the interface. The server writes the file atomically (a reader never sees half of it):
 once just before it reports SERVING, every :data:`INTERVAL_S` while there is traffic, once
 more after it has drained at shutdown, and whenever it receives SIGUSR1. A tool that needs
 exact counts (every call answered before a moment) sends SIGUSR1 and waits for a snapshot
@@ -27,7 +28,8 @@ class ServerStats:
 
     - ``requests``: Predict calls answered with labels; ``images``: the images in them;
     - ``errors``: Predict calls refused by the server (malformed, over the budget) or failed in the model
-      (a message over the size limit is refused by gRPC before it reaches the server and is not counted);
+      (a message over the size limit is refused by gRPC before it reaches the server and is not counted here;
+      the metrics count it as a call started and never handled);
     - ``unparsable``: bodies, to any method, that were not a protobuf of its request (INVALID_ARGUMENT; not in
       ``errors``);
     - ``busy``: Predict calls refused with RESOURCE_EXHAUSTED because the server was full (``--max-concurrent-calls``,

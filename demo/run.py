@@ -146,6 +146,8 @@ def plot_cdf(distances: dict[str, list[float]], path: Path) -> None:
         d = sorted(d)
         ax.step(d, [(i + 1) / len(d) for i in range(len(d))], where="post",
                 label=f"{name} (median {statistics.median(d):.2f})")
+    ax.set_xlim(left=0)  # a distance is never negative: the axis starts at 0 even when every image is at 0
+    ax.set_ylim(0, 1.02)
     ax.set_xlabel("minimal L2 perturbation (pixels in [0, 1])")
     ax.set_ylabel("fraction of images fooled within")
     ax.set_title("Label-only attacks (top-5 suite) on Fashion-MNIST")

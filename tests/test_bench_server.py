@@ -1,7 +1,8 @@
-"""bench/server.py end to end on tiny settings: the server's own figures come from its stats file and match the load."""
+"""bench/server.py end to end on tiny settings: the server's own figures come from its metrics and match the load."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -25,6 +26,8 @@ def test_bench_reads_the_servers_counters_for_each_scenario(tmp_path, capsys):
     assert 0 < one["server_model_ms"] < one["server_answer_ms"] < one["mean_ms"]
     assert batching["server_batches"] == batching["calls"] and batching["server_mean_batch"] == 4
     assert 0 < scenarios["2-clients"]["server_batches"] <= scenarios["2-clients"]["calls"]
-    lines = capsys.readouterr().out.splitlines()
+    captured = capsys.readouterr()
+    assert re.search(r"counters from http://127\.0\.0\.1:\d+/metrics", captured.err)  # scraped, not a log or file
+    lines = captured.out.splitlines()
     assert any(line.startswith("smallcnn 2-clients/in-process ratio: ") for line in lines)
     assert lines[-1].startswith("smallcnn batch1 added over in-process ms: ")

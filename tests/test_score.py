@@ -1,6 +1,7 @@
 """`python attacks/score.py`: the score's rules, its report, resuming, a dying server, and bad input."""
 from __future__ import annotations
 
+import datetime
 import json
 import re
 import socket
@@ -20,9 +21,10 @@ from attacks import ArtifactModel
 from attacks.scoring import cli as score_cli
 from attacks.scoring import pipeline as scoring
 from attacks.scoring.evaldata import EvalDataError, load_eval_data
+from attacks.scoring.plots import cdf_figure
 from avc_common import __version__
 from avc_common.artifact import Artifact, load_artifact, save_artifact
-from avc_common.data.evalset import write_folder
+from avc_common.data.evalset import folder_problems, load_folder, write_folder
 from avc_common.data.fashion_mnist import load_fashion_split
 from avc_common.rpc.client import DefenseClient, ServerUnavailableError
 from defense.process import free_port
@@ -31,7 +33,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 N_IMAGES = 8
 CHEAP = ["--attacks", "contrast,hsja", "--budget", "40", "--batch-images", "4", "--no-progress"]
-TIMING = {"wall_time_s", "session_wall_time_s", "command", "error", "complete"}
+TIMING = {"wall_time_s", "session_wall_time_s", "command", "error", "complete", "created"}
 WAIT_S = 20  # how long a test's rendezvous between threads may take before it counts as broken
 
 
@@ -413,3 +415,48 @@ def test_a_server_that_answered_and_went_away_is_reported_as_refused_not_as_a_de
     assert caught.value.reason == "connection refused"
     message = str(caught.value)
     assert re.match(rf"no answer from {re.escape(server.target)} after [\d.]+ s: connection refused; ", message)
+
+
+def test_a_finished_score_has_a_versioned_report_and_its_verified_adversarials_exported(artifact_dir, folder,
+                                                                                       tmp_path, no_plots):
+    """results.json opens with its format, time and version; adversarials.npz holds the fooled images, which the
+    model labels as recorded (never the true label) at the recorded distances; adversarials/ is an evaluation set."""
+    out = tmp_path / "out"
+    assert score("--model", artifact_dir, "--data", folder, "--output", out, "--no-reference", *CHEAP) == 0
+    r = read(out)
+    assert list(r)[:3] == ["schema_version", "created", "toolkit_version"]
+    assert r["schema_version"] == 1 and r["toolkit_version"] == __version__
+    created = datetime.datetime.fromisoformat(r["created"])
+    assert created.utcoffset() == datetime.timedelta(0)
+    assert abs((datetime.datetime.now(datetime.UTC) - created).total_seconds()) < 600
+    fooled = [image for image in r["images"] if image["fooled"]]
+    assert fooled
+    with np.load(out / "adversarials.npz", allow_pickle=False) as saved:
+        adv = dict(saved)
+    assert adv["images"].dtype == np.uint8 and adv["images"].shape == (len(fooled), *SHAPE)
+    assert adv["indices"].tolist() == [image["index"] for image in fooled]
+    assert adv["names"].tolist() == [image["name"] for image in fooled]
+    assert adv["labels"].tolist() == [image["label"] for image in fooled]
+    assert adv["adversarial_labels"].tolist() == [image["adversarial_label"] for image in fooled]
+    relabelled = ArtifactModel(artifact_dir)(adv["images"])
+    assert relabelled.tolist() == adv["adversarial_labels"].tolist()
+    assert (relabelled != adv["labels"]).all()
+    clean = load_folder(folder).images[adv["indices"]]
+    l2 = np.linalg.norm((adv["images"].astype(np.float64) - clean).reshape(len(clean), -1) / 255, axis=1)
+    assert adv["distances"] == pytest.approx(l2) and adv["distances"].tolist() == [i["distance"] for i in fooled]
+    assert folder_problems(out / "adversarials", SHAPE, 10, flag="--data") == []
+    exported = load_folder(out / "adversarials")
+    assert exported.names == adv["names"].tolist()  # the input was a folder: its file names are kept
+    assert np.array_equal(exported.images, adv["images"]) and np.array_equal(exported.labels, adv["labels"])
+
+
+def test_the_distance_cdf_axes_start_at_0_even_when_every_image_is_misclassified():
+    n = 3
+    scores = scoring.Scores(names=["contrast"], distances=np.zeros((1, n)), queries=np.ones((1, n), dtype=np.int64),
+                            seconds=np.zeros(1), calls=np.ones(1, dtype=np.int64),
+                            verified_labels=np.full(n, -1), adversarials=np.zeros((n, *SHAPE), dtype=np.uint8),
+                            reference=None)
+    for distances in (np.zeros((1, n)), np.array([[0.0, 0.7, np.inf]])):
+        scores.distances = distances
+        ax = cdf_figure(scores).axes[0]
+        assert ax.get_xlim()[0] == 0 < ax.get_xlim()[1] and ax.get_ylim()[0] == 0

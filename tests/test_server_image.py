@@ -16,7 +16,8 @@ from dockerfile_parse import DockerfileParser
 
 ROOT = Path(__file__).resolve().parent.parent
 IMPORT_NAMES = {"grpcio": "grpc", "grpcio-health-checking": "grpc_health", "grpcio-reflection": "grpc_reflection",
-                "protobuf": "google", "numpy": "numpy"}  # distribution -> the top-level name it installs
+                "protobuf": "google", "numpy": "numpy",
+                "prometheus-client": "prometheus_client"}  # distribution -> the top-level name it installs
 
 
 def copied_modules() -> list[Path]:

@@ -247,3 +247,13 @@ def test_a_client_with_unusable_credentials_exits_2_before_any_call(pki, tmp_pat
     if "--token-file" not in argv:
         assert health.main(["--target", "127.0.0.1:1", *argv]) == 2
         assert names in capsys.readouterr().err
+
+
+def test_a_score_past_the_callers_own_budget_says_a_plain_rerun_cannot_help(secured, pki, folder, tmp_path, capsys,
+                                                                            monkeypatch):
+    monkeypatch.setattr(score_cli, "plot_cdf", lambda *a: None)
+    monkeypatch.setattr(score_cli, "plot_gallery", lambda *a: None)
+    assert score(pki, secured.target, folder, tmp_path / "out", "--token-file", pki / "small.token") == 3
+    err = capsys.readouterr().err
+    assert "RESOURCE_EXHAUSTED" in err and "once the server has budget left for you" in err, err
+    assert "rerun the same command to resume" not in err

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib.util
 import json
 import shlex
 import sys
@@ -30,9 +31,10 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
 
 from attacks import (
     ATTACKS,
@@ -46,9 +48,10 @@ from attacks import (
     name_attacks,
 )
 from attacks.scoring.evaldata import DATASETS, SAMPLING, EvalDataError, load_eval_data, pick
+from attacks.scoring.export import export_adversarials
 from attacks.scoring.pipeline import ChunkResult, SuiteRun, collect, worst_case_l2
 from attacks.scoring.plots import plot_cdf, plot_gallery
-from attacks.scoring.report import RunInfo, build_results, console, markdown
+from attacks.scoring.report import RunInfo, build_results, console, header, markdown
 from attacks.whitebox.reference import minimal_l2
 from attacks.whitebox.surrogate import load_ensemble, load_surrogate
 from avc_common.atomic import atomic_write_text
@@ -69,6 +72,7 @@ from avc_common.cli import (
 from avc_common.images import ModelSpec
 from avc_common.rpc.client import (
     BACKOFF_S,
+    BudgetExhaustedError,
     DefenseClient,
     DefenseError,
     ServerUnavailableError,
@@ -76,6 +80,10 @@ from avc_common.rpc.client import (
     unreachable_wait_s,
 )
 from avc_common.rpc.credentials import CredentialsError, add_client_arguments, client_credentials
+from avc_common.rpc.targets import TargetError, channel_target
+
+if TYPE_CHECKING:  # imported for real only with --ray: the default install has no Ray
+    from attacks.scoring.distributed import RayWorkers
 
 OK, FAILED, BAD_INPUT, MODEL_UNAVAILABLE, INTERRUPTED = 0, 1, 2, 3, 130
 DEFAULT_IMAGES = 100
@@ -93,7 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
                                        "(partial results saved; rerun to resume), 130 interrupted.",
                                 formatter_class=HelpFormatter)
     model = p.add_mutually_exclusive_group(required=True)
-    model.add_argument("--target", metavar="HOST:PORT", help="a defense server (label-only gRPC)")
+    model.add_argument("--target", metavar="HOST:PORT", type=replicas,
+                       help="a defense server (label-only gRPC), or several replicas of one: HOST:PORT,HOST:PORT,... "
+                            "or a gRPC name that resolves to several (dns:///NAME:PORT, ipv4:IP:PORT,IP:PORT); calls "
+                            "go round-robin over the replicas that are up and serving (docs/scaling.md)"),
     model.add_argument("--model", type=Path, metavar="DIR",
                        help="a model artifact folder, run in-process; also computes the white-box reference")
     d = p.add_argument_group("data")
@@ -129,7 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="compute the FMN minimal-norm distance per image with the model's gradients")
     r.add_argument("--reference-steps", metavar="N", type=positive_int, default=1000, help="FMN steps per run")
     o = p.add_argument_group("running")
-    add_output(o, Path("runs/score"), "results.json, report.md, cdf.png, gallery.png and state/ (resume)")
+    add_output(o, Path("runs/score"), "results.json, report.md, cdf.png, gallery.png, adversarials.npz, adversarials/ "
+                                        "and state/ (resume)")
     add_json(o, "results.json")
     add_device(o, what="--model, the white-box reference and the surrogate attacks' gradients")
     timeout_s, retries = 30.0, 5  # the defaults of --timeout-s and --retries, for --retries' figures
@@ -154,7 +166,40 @@ def build_parser() -> argparse.ArgumentParser:
                         f"does a server that answered and has gone, which may be restarting ({silent_s:.0f} s)")
     add_client_arguments(o)  # --target: TLS and the bearer token (docs/grpc.md "Security")
     add_progress(o)
+    add_distributed_arguments(p)
     return p
+
+
+def add_distributed_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--ray``, ``--ray-address`` and ``--workers``: units on Ray workers instead of this process's threads."""
+    g = parser.add_argument_group("distributed scoring (Ray; pip install 'trades-avc[ray]'; docs/scaling.md)")
+    where = g.add_mutually_exclusive_group()
+    where.add_argument("--ray", action="store_true",
+                       help="run the units on Ray workers on this machine (a local Ray cluster started for the run); "
+                            "the per-image results and the --output folder are those of a single-process run, and "
+                            "verification, the reference and the reports stay in this process")
+    where.add_argument("--ray-address", metavar="ADDR",
+                       help="the same on the Ray cluster at ADDR (auto, HOST:6379, or ray://HOST:10001 with "
+                            "ray[client]); its nodes need this project installed and must reach --target, or "
+                            "--model and the --surrogate folders at the same paths")
+    g.add_argument("--workers", metavar="N", type=positive_int, default=None,
+                   help="Ray workers, each with one CPU and one torch thread, running one unit at a time with its "
+                        "own model and surrogates, loaded once (default: one per CPU of the Ray cluster); like "
+                        "--concurrency it does not change the results, so a resumed run may change it")
+
+
+def replicas(text: str) -> str:
+    """An argparse ``type`` for ``--target``: ``text`` if it names at least one address (a list's host names are
+    resolved here, once, and again by the client)."""
+    try:
+        channel_target(text)
+    except TargetError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return text
+
+
+def distributed(args: argparse.Namespace) -> bool:
+    return args.ray or args.ray_address is not None
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
@@ -165,6 +210,15 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         parser.error(f"--data is the data set's folder; name the data set with --dataset {args.data}")
     if args.dataset is None:
         args.dataset = "folder" if args.data is not None else "fashion_mnist"
+    if distributed(args):
+        if importlib.util.find_spec("ray") is None:
+            parser.error(f"--{'ray' if args.ray else 'ray-address'}: Ray is not installed here; "
+                         f"pip install 'trades-avc[ray]'")
+        if args.concurrency is not None:
+            parser.error("--concurrency: not with --ray or --ray-address, where each of the --workers runs one unit "
+                         "at a time")
+    elif args.workers is not None:
+        parser.error("--workers: only with --ray or --ray-address")
     if args.concurrency is None:
         args.concurrency = DEFAULT_CONCURRENCY["target" if args.target is not None else "model"]
     return args
@@ -225,8 +279,7 @@ def open_model(args: argparse.Namespace) -> tuple[Any, dict[str, Any], list[str]
         tls, token = client_credentials(args)
     except CredentialsError as err:
         raise BadInput(str(err)) from None
-    client = DefenseClient(args.target, timeout_s=args.timeout_s, retries=args.retries, max_wait_s=args.max_wait_s,
-                           tls=tls, token=token)
+    client = connect(args, tls, token)
     try:
         model = RemoteModel(client)
     except UnauthenticatedError as err:  # bad credentials are bad input: no retry, and resuming would not help
@@ -235,6 +288,36 @@ def open_model(args: argparse.Namespace) -> tuple[Any, dict[str, Any], list[str]
                        f"({'none was given' if token is None else 'from --token-file or $AVC_TOKEN'}): {err}") from None
     spec = client.info()
     return model, {"target": args.target, "info": asdict(spec)}, list(spec.class_names)
+
+
+def connect(args: argparse.Namespace, tls: Any, token: str | None) -> DefenseClient:
+    """The client of ``--target``'s replicas, skipping any whose health says NOT_SERVING (one that is draining)."""
+    return DefenseClient(args.target, timeout_s=args.timeout_s, retries=args.retries, max_wait_s=args.max_wait_s,
+                         tls=tls, token=token, health_checked=True)
+
+
+def worker_setup(args: argparse.Namespace, tls: Any, token: str | None) -> tuple[Any, dict[str, Attack]]:
+    """What one Ray worker scores with, made once in its process: the suite (surrogates loaded on its device) and
+    its own model, a client of the replicas or the artifact. A cuda --device means the GPU Ray gave the worker."""
+    if args.device.type == "cuda":
+        args = argparse.Namespace(**{**vars(args), "device": torch.device("cuda")})
+    suite, _ = build_attacks(args)
+    if args.model is not None:
+        return ArtifactModel(args.model, device=args.device), suite
+    return RemoteModel(connect(args, tls, token)), suite
+
+
+def start_workers(args: argparse.Namespace, suite: dict[str, Attack]) -> RayWorkers:
+    """The Ray workers of ``--ray``/``--ray-address`` (:mod:`attacks.scoring.distributed`), started and checked."""
+    from attacks.scoring import distributed as ray_workers  # only here: the default install has no Ray
+
+    try:
+        tls, token = client_credentials(args) if args.target is not None else (None, None)
+        return ray_workers.start(partial(worker_setup, args, tls, token),
+                                 {name: repr(attack) for name, attack in suite.items()}, args.ray_address,
+                                 args.workers, gpus=args.device.type == "cuda")
+    except (ray_workers.WorkersError, CredentialsError) as err:
+        raise BadInput(str(err)) from None
 
 
 def fingerprint(args: argparse.Namespace, suite: dict[str, Attack], model: Any, images: np.ndarray,
@@ -269,10 +352,11 @@ def check_resumable(output: Path, settings: dict[str, Any]) -> None:
 
 def write_reports(output: Path, info: RunInfo, chunks: list[ChunkResult], data: dict[str, Any],
                   started: float, complete: bool, error: str | None = None) -> dict[str, Any]:
-    """results.json, report.md, cdf.png and gallery.png for the chunks done so far (atomically)."""
+    """results.json, report.md, cdf.png, gallery.png and the exported adversarials (adversarials.npz and the
+    competition-format adversarials/) for the chunks done so far (atomically)."""
     wall = time.perf_counter() - started
     if not chunks:
-        results = {"complete": False, "error": error, "command": info.command, "model": info.model,
+        results = {**header(), "complete": False, "error": error, "command": info.command, "model": info.model,
                    "data": info.data, "summary": None, "images": []}
         atomic_write_text(output / "results.json", json.dumps(results, indent=1) + "\n")
         return results
@@ -283,6 +367,8 @@ def write_reports(output: Path, info: RunInfo, chunks: list[ChunkResult], data: 
     atomic_write_text(output / "report.md", markdown(results))
     plot_cdf(scores, output / "cdf.png")
     plot_gallery(data["images"], scores, data["labels"], info.class_names, output / "gallery.png")
+    export_adversarials(output, scores, data["indices"], data["names"], data["labels"],
+                        keep_names=info.data["dataset"] == "folder")
     return results
 
 
@@ -303,6 +389,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         images, labels = evalset.images[indices], evalset.labels[indices]
         args.output.mkdir(parents=True, exist_ok=True)
         check_resumable(args.output, fingerprint(args, suite, model, images, labels, indices))
+        runner = start_workers(args, suite) if distributed(args) else None
     except (BadInput, EvalDataError) as err:
         print(f"error: {err}", file=sys.stderr)
         return BAD_INPUT
@@ -312,6 +399,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DefenseError as err:
         print(f"error: cannot reach the model server at {args.target} ({err})", file=sys.stderr)
         return MODEL_UNAVAILABLE
+    if runner is not None:
+        notes.append(f"{runner.workers} Ray worker(s) ran the units, on {', '.join(runner.hosts())}")
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
 
@@ -321,18 +410,22 @@ def main(argv: Sequence[str] | None = None) -> int:
                    {"dataset": args.dataset, "data": str(args.data) if args.data else None,
                     "sample": args.sample, "images": len(indices), "of": total},
                    args.budget, args.pooled, args.seed, args.batch_images,
-                   {name: repr(attack) for name, attack in suite.items()}, notes, args.concurrency)
+                   {name: repr(attack) for name, attack in suite.items()}, notes,
+                   args.concurrency if runner is None else runner.workers, None if runner is None else runner.workers)
     data = {"indices": indices, "names": [evalset.names[i] for i in indices], "labels": labels, "images": images,
             "worst": worst_case_l2(images)}
     run = SuiteRun(model, images, labels, suite, args.output / "state", args.budget, args.pooled, args.seed,
-                   args.batch_images, reference, args.progress, args.concurrency)
+                   args.batch_images, reference, args.progress, args.concurrency, runner)
     try:
         run.run(lambda chunks: write_reports(args.output, info, chunks, data, started, complete=False))
     except DefenseError as err:
-        what = "stopped answering" if isinstance(err, ServerUnavailableError) else "refused the queries"
+        if isinstance(err, BudgetExhaustedError):  # the server's budget lasts its lifetime: a plain rerun cannot help
+            what, then = "refused the queries", "resume with the same command once the server has budget left for you"
+        else:
+            what = "stopped answering" if isinstance(err, ServerUnavailableError) else "refused the queries"
+            then = "rerun the same command to resume"
         message = (f"the model server at {args.target} {what} ({err}); partial results for "
-                   f"{sum(len(c.verified_labels) for c in run.chunks)} image(s) are in {args.output}: "
-                   f"rerun the same command to resume")
+                   f"{sum(len(c.verified_labels) for c in run.chunks)} image(s) are in {args.output}: {then}")
         write_reports(args.output, info, run.chunks, data, started, complete=False, error=message)
         print(f"error: {message}", file=sys.stderr)
         return MODEL_UNAVAILABLE
@@ -340,6 +433,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         write_reports(args.output, info, run.chunks, data, started, complete=False, error="interrupted")
         print(f"\ninterrupted: partial results in {args.output}; rerun the same command to resume", file=sys.stderr)
         return INTERRUPTED
+    finally:
+        if runner is not None:
+            runner.close()
     results = write_reports(args.output, info, run.chunks, data, started, complete=True)
     write_json(args.json, json.dumps(results, indent=1) + "\n")
     print(console(results, str(args.output)), file=text_stream(args.json))

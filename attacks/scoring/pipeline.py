@@ -16,7 +16,10 @@ images and from the suite's winning adversarials.
 Units run ``concurrency`` at a time in worker threads, started in the order above (every
 attack of chunk 0, then chunk 1, ...), so that several requests are in flight and a server's
 batches fill; chunks are verified, referenced and reported strictly in order in the calling
-thread. Each unit has its own ledger, generator and call counter, so its results do not
+thread. A worker thread runs its unit itself (:func:`run_unit`), or hands it to a
+:class:`UnitRunner` that runs it elsewhere (:mod:`attacks.scoring.distributed`: Ray workers)
+and returns the same state; saving, resuming and everything after the attacks stay here.
+Each unit has its own ledger, generator and call counter, so its results do not
 depend on what runs beside it. If a unit fails or the caller is interrupted, the run's stop
 event makes every other unit raise :class:`Stopped` at its next model call, units not yet
 started are cancelled, and the first error is raised once no worker is left.
@@ -103,10 +106,11 @@ class RunControl:
 
 
 class CountingModel:
-    """``model`` for one unit (``chunk``, attack ``name``): counts the unit's calls and images and advances the
-    shared progress bar by the images asked; once the run's stop event is set it raises :class:`Stopped` instead."""
+    """``model`` for one unit (``chunk``, attack ``name``): counts the unit's calls and images; with a ``control``
+    (a unit run in this process) it also advances the shared progress bar by the images asked, and once the run's
+    stop event is set it raises :class:`Stopped` instead."""
 
-    def __init__(self, model: LabelOnlyModel, control: RunControl, chunk: int, name: str) -> None:
+    def __init__(self, model: LabelOnlyModel, control: RunControl | None, chunk: int, name: str) -> None:
         self.model = model
         self.info: ModelSpec = model.info
         self.control = control
@@ -116,13 +120,55 @@ class CountingModel:
         self.calls = 0
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
-        if self.control.stop.is_set():
+        if self.control is not None and self.control.stop.is_set():
             raise Stopped(f"chunk {self.chunk + 1} {self.name}: the run was stopped")
         labels = self.model(images)
         self.calls += 1
         self.queries += len(images)
-        self.control.advance(len(images))
+        if self.control is not None:
+            self.control.advance(len(images))
         return labels
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One attack (``index``, ``name`` in the suite) on one chunk: all a worker needs to run it, anywhere, with the
+    same result (its generator is seeded by (seed, chunk, attack index) alone)."""
+
+    chunk: int
+    index: int
+    name: str
+    images: np.ndarray
+    labels: np.ndarray
+    budget: int
+    pooled: bool
+    seed: int
+
+    def rng(self) -> np.random.Generator:
+        return np.random.default_rng([self.seed, self.chunk, self.index])
+
+
+def run_unit(model: LabelOnlyModel, attack: Attack, unit: Unit,
+             control: RunControl | None = None) -> tuple[dict[str, np.ndarray], int]:
+    """``attack`` on ``unit``'s images on a fresh ledger over ``model``: the arrays its state file holds (the
+    ledger's :meth:`BudgetedModel.state`, ``seconds`` and model ``calls``) and the images it asked about."""
+    counter = CountingModel(model, control, unit.chunk, unit.name)
+    ledger = BudgetedModel(counter, unit.images, unit.labels, budget=unit.budget, pooled=unit.pooled)
+    began = time.perf_counter()
+    with ledger.tagged(unit.name):
+        attack.run(ledger, np.arange(len(unit.images)), unit.rng())
+    seconds = time.perf_counter() - began
+    return {**ledger.state(), "seconds": np.float64(seconds), "calls": np.int64(counter.calls)}, counter.queries
+
+
+class UnitRunner(Protocol):
+    """Runs units away from the calling thread (on Ray workers, say), each exactly as :func:`run_unit` would."""
+
+    workers: int  # how many units it runs at once
+
+    def __call__(self, unit: Unit, control: RunControl) -> dict[str, np.ndarray]:
+        """The unit's state arrays; raises :class:`Stopped` soon after ``control.stop`` is set."""
+        ...
 
 
 @dataclass
@@ -149,13 +195,15 @@ class ChunkResult:
 class SuiteRun:
     """``attacks`` (name -> attack, in suite order) on ``images``/``labels`` of ``model``; state in ``state_dir``.
 
-    ``concurrency`` units run at once (``model`` must then take calls from several threads); setting
-    :attr:`stop` ends a running :meth:`run` at its units' next model calls.
+    ``concurrency`` units run at once (``model`` must then take calls from several threads), or with ``runner``
+    its ``workers`` do, each with its own model, and ``model`` here only verifies; setting :attr:`stop` ends a
+    running :meth:`run` at its units' next model calls.
     """
 
     def __init__(self, model: LabelOnlyModel, images: np.ndarray, labels: np.ndarray, attacks: dict[str, Attack],
                  state_dir: Path, budget: int = 1000, pooled: bool = False, seed: int = 0, batch_images: int = 100,
-                 reference: Reference | None = None, progress: bool = True, concurrency: int = 1) -> None:
+                 reference: Reference | None = None, progress: bool = True, concurrency: int = 1,
+                 runner: UnitRunner | None = None) -> None:
         self.model = model
         self.images = images
         self.labels = np.asarray(labels, dtype=np.int64)
@@ -167,7 +215,8 @@ class SuiteRun:
         self.batch_images = batch_images
         self.reference = reference
         self.progress = progress
-        self.concurrency = concurrency
+        self.concurrency = concurrency if runner is None else runner.workers
+        self.runner = runner
         self.stop = threading.Event()
         self.chunks: list[ChunkResult] = []
 
@@ -185,8 +234,8 @@ class SuiteRun:
               ThreadPoolExecutor(self.concurrency, thread_name_prefix="score-unit") as pool):
             control = RunControl(bar, self.stop)
             try:
-                units = [[pool.submit(control.guard, self._attack, control, chunk, start, index, name, attack)
-                          for index, (name, attack) in enumerate(self.attacks.items())]
+                units = [[pool.submit(control.guard, self._attack, control, chunk, start, index, name)
+                          for index, name in enumerate(self.attacks)]
                          for chunk, start in enumerate(starts)]
                 for chunk, (start, futures) in enumerate(zip(starts, units, strict=True)):
                     results = [control.result(future) for future in futures]
@@ -201,21 +250,26 @@ class SuiteRun:
                 raise
         return self.chunks
 
-    def _attack(self, control: RunControl, chunk: int, start: int, index: int, name: str,
-                attack: Attack) -> AttackResult:
-        """One unit, in a worker thread: its saved result, or the attack run on a fresh ledger and saved."""
+    def _attack(self, control: RunControl, chunk: int, start: int, index: int, name: str) -> AttackResult:
+        """One unit, in a worker thread: its saved state, or the attack run (here or by the runner) and saved."""
         rows = slice(start, start + self.batch_images)
-        images, labels = self.images[rows], self.labels[rows]
+        unit = Unit(chunk, index, name, self.images[rows], self.labels[rows], self.budget, self.pooled, self.seed)
         path = self.state_dir / f"c{chunk:04d}-a{index:02d}.npz"
         if path.exists():
-            result, spent = self._load_attack(path, images, labels), 0
+            with np.load(path, allow_pickle=False) as saved:
+                state, spent = dict(saved), 0
         else:
             control.describe(f"chunk {chunk + 1} {name}")
-            counter = CountingModel(self.model, control, chunk, name)
-            rng = np.random.default_rng([self.seed, chunk, index])
-            result, spent = self._run_attack(counter, name, attack, images, labels, rng, path), counter.queries
-        control.advance(max(self.budget * len(images) - spent, 0))  # what the unit did not spend
-        return result
+            if self.runner is None:
+                state, spent = run_unit(self.model, self.attacks[name], unit, control)
+            else:
+                state, spent = self.runner(unit, control), 0
+            with atomic_open(path, "wb") as f:
+                np.savez(f, **state)
+        control.advance(max(self.budget * len(unit.images) - spent, 0))  # what the unit did not spend here
+        ledger = BudgetedModel(self.model, unit.images, unit.labels, budget=self.budget, pooled=self.pooled)
+        ledger.load_state(state)  # a unit just run and a resumed one become results the same way
+        return AttackResult(ledger.best_l2, ledger.used, ledger.best, float(state["seconds"]), int(state["calls"]))
 
     def _chunk(self, control: RunControl, chunk: int, start: int, results: list[AttackResult]) -> ChunkResult:
         """The chunk's attacks done: verify each image's winning adversarial and compute the reference."""
@@ -231,24 +285,6 @@ class SuiteRun:
             reference = self._unit(self.state_dir / f"c{chunk:04d}-reference.npz",
                                    lambda: self.reference(images, labels, starts=winners))
         return ChunkResult(start, results, verified, reference)
-
-    def _run_attack(self, model: CountingModel, name: str, attack: Attack, images: np.ndarray, labels: np.ndarray,
-                    rng: np.random.Generator, path: Path) -> AttackResult:
-        ledger = BudgetedModel(model, images, labels, budget=self.budget, pooled=self.pooled)
-        began = time.perf_counter()
-        with ledger.tagged(name):
-            attack.run(ledger, np.arange(len(images)), rng)
-        seconds, calls = time.perf_counter() - began, model.calls
-        with atomic_open(path, "wb") as f:
-            np.savez(f, **ledger.state(), seconds=np.float64(seconds), calls=np.int64(calls))
-        return AttackResult(ledger.best_l2, ledger.used, ledger.best, seconds, calls)
-
-    def _load_attack(self, path: Path, images: np.ndarray, labels: np.ndarray) -> AttackResult:
-        ledger = BudgetedModel(self.model, images, labels, budget=self.budget, pooled=self.pooled)
-        with np.load(path, allow_pickle=False) as saved:
-            state = dict(saved)
-        ledger.load_state(state)
-        return AttackResult(ledger.best_l2, ledger.used, ledger.best, float(state["seconds"]), int(state["calls"]))
 
     def _verify(self, found: np.ndarray, winners: np.ndarray) -> np.ndarray:
         """Classify each image's winning adversarial again (uint8, as the model saw it); -1 where there is none."""

@@ -15,9 +15,17 @@ from avc_common.images import to_unit
 
 
 def plot_cdf(scores: Scores, path: Path) -> None:
+    """:func:`cdf_figure` as a PNG at ``path``."""
+    with atomic_open(path, "wb") as f:
+        cdf_figure(scores).savefig(f, format="png", dpi=120)
+
+
+def cdf_figure(scores: Scores) -> Figure:
     """Fraction of scored images with distance <= x, per attack, for the suite's minimum and the reference.
 
-    Curves stop below 1 by the share of images that attack did not fool (no worst-case values drawn).
+    Curves stop below 1 by the share of images that attack did not fool (no worst-case values drawn). Both axes start
+    at 0, where every curve starts: no distance is negative, and matplotlib's margins would otherwise start the x
+    axis below 0 (all of it, when every image was misclassified and every distance is 0).
     """
     fig = Figure(figsize=(7, 4.5))
     ax = fig.subplots()
@@ -28,16 +36,17 @@ def plot_cdf(scores: Scores, path: Path) -> None:
         curves.append(("white-box reference", scores.reference, {"lw": 1.5, "color": "grey", "ls": "--"}))
     for label, values, style in curves:
         x = np.sort(values[np.isfinite(values)])
-        ax.step(np.r_[0.0, x], np.arange(len(x) + 1) / n, where="post", label=label, **style)
+        # unclipped: a curve's rise at 0 (misclassified images) would otherwise hide behind the y axis
+        ax.step(np.r_[0.0, x], np.arange(len(x) + 1) / n, where="post", label=label, clip_on=False, **style)
     ax.set_xlabel("L2 distance on [0, 1] (verified uint8 adversarial)")
     ax.set_ylabel("fraction of images fooled within distance")
+    ax.set_xlim(left=0)
     ax.set_ylim(0, 1.02)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     ax.set_title(f"Distance CDF over {n} images")
     fig.tight_layout()
-    with atomic_open(path, "wb") as f:
-        fig.savefig(f, format="png", dpi=120)
+    return fig
 
 
 def plot_gallery(clean: np.ndarray, scores: Scores, labels: np.ndarray, class_names: list[str], path: Path,

@@ -7,6 +7,7 @@ image scores 0. JSON holds ``null`` where a distance is infinite (not fooled).
 """
 from __future__ import annotations
 
+import datetime as dt
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,6 +19,9 @@ from avc_common import __version__
 
 WORST_CASE_RULE = ("an image no attack fooled scores the L2 distance from its clean image to the farthest image "
                    "in [0, 1]^d, sqrt(sum(max(x, 1 - x)^2)): larger than any perturbation could be")
+# results.json's format: bumped when a field is removed, renamed or changes meaning, never for a new field
+# (docs/scoring.md "Report"), so that a reader can refuse a report it would misread
+SCHEMA_VERSION = 1
 
 
 @dataclass
@@ -35,6 +39,7 @@ class RunInfo:
     attacks: dict[str, str]  # name -> settings (repr)
     notes: list[str] = field(default_factory=list)
     concurrency: int = 1  # units run at once in this session: information only, the results do not depend on it
+    workers: int | None = None  # Ray workers that ran this session's units (None: this process ran them)
 
     @property
     def budget_rule(self) -> str:
@@ -42,6 +47,12 @@ class RunInfo:
             return (f"pooled: each attack may spend {self.budget} x (images in a chunk of at most {self.batch_images}) "
                     f"queries per chunk, wherever it likes (the competition's rule when one chunk holds every image)")
         return f"per image: each attack may spend at most {self.budget} queries on each image"
+
+
+def header() -> dict[str, Any]:
+    """The fields that open every results.json: its format, when it was written, and by which version of the code."""
+    return {"schema_version": SCHEMA_VERSION, "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "toolkit_version": __version__}
 
 
 def _finite(values: np.ndarray) -> list[float | None]:
@@ -96,12 +107,13 @@ def build_results(info: RunInfo, scores: Scores, indices: np.ndarray, names: lis
                                   "queries": int(scores.queries[a, i])} for a, name in enumerate(scores.names)},
                "reference": None if scores.reference is None else _finite(scores.reference[i:i + 1])[0]}
               for i in range(n)]
-    return {"complete": complete, "error": error, "trades_avc_version": __version__, "command": info.command,
-            "model": info.model, "data": info.data,
+    return {**header(), "complete": complete, "error": error, "trades_avc_version": __version__,
+            "command": info.command, "model": info.model, "data": info.data,
             "budget": {"rule": "pooled" if info.pooled else "per_image", "queries": info.budget,
                        "description": info.budget_rule},
             "worst_case": WORST_CASE_RULE, "seed": info.seed, "batch_images": info.batch_images,
-            "concurrency": info.concurrency, "notes": info.notes, "summary": summary, "distances": score.tolist(),
+            "concurrency": info.concurrency, "workers": info.workers, "notes": info.notes, "summary": summary,
+            "distances": score.tolist(),
             "images": images}
 
 
@@ -156,6 +168,7 @@ def markdown(results: dict[str, Any]) -> str:
                   f"{ref['closer_than_suite']} image(s).",
                   ""]
     q = s["queries"]
+    on_workers = "" if results["workers"] is None else f", on {results['workers']} Ray workers"
     verified = (f"**{len(s['unverified'])} did not re-verify** (indices {s['unverified'][:10]})"
                 if s["unverified"] else "all re-verified")
     lines += [f"- Score: an image's distance is the minimum over the attacks of the verified L2 on [0, 1] (uint8 "
@@ -164,8 +177,8 @@ def markdown(results: dict[str, Any]) -> str:
               f"- Queries: {q['attacks_total']} by the attacks ({q['per_image_mean']:.0f} per image), "
               f"{q['verification']} to re-verify the winning adversarials; {verified}.",
               f"- Wall time: {s['wall_time_s']:.1f} s of attack time summed over units, which overlap when several "
-              f"run at once ({results['concurrency']} at a time this session); {s['session_wall_time_s']:.1f} s "
-              f"this session.",
+              f"run at once ({results['concurrency']} at a time this session{on_workers}); "
+              f"{s['session_wall_time_s']:.1f} s this session.",
               f"- Data: {json.dumps(results['data'])}; seed {results['seed']}; "
               f"{results['batch_images']} images per chunk.",
               *(f"- Note: {note}" for note in results["notes"]),
@@ -219,5 +232,6 @@ def console(results: dict[str, Any], output: str) -> str:
                      f"{_fmt(ref['suite_over_reference_median'], '.3f')}")
     if s["unverified"]:
         lines.append(f"warning: {len(s['unverified'])} adversarial(s) did not re-verify: {s['unverified'][:10]}")
-    lines.append(f"report: {output}/report.md  {output}/results.json  {output}/cdf.png  {output}/gallery.png")
+    lines.append(f"report: {output}/report.md  {output}/results.json  {output}/cdf.png  {output}/gallery.png  "
+                 f"{output}/adversarials.npz")
     return "\n".join(lines)

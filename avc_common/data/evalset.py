@@ -8,6 +8,7 @@ one go; it reads only each ``.npy`` header, never unpickles, and says what a bad
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,8 +38,13 @@ def write_folder(folder: str | Path, images: np.ndarray, labels: np.ndarray) -> 
     names = [f"{i:05d}.npy" for i in range(len(images))]
     for name, image in zip(names, images):
         np.save(folder / name, np.ascontiguousarray(image, dtype=np.uint8))
-    (folder / LABELS_FILE).write_text(yaml.safe_dump({n: int(y) for n, y in zip(names, labels)}, sort_keys=False))
+    (folder / LABELS_FILE).write_text(labels_yaml(names, labels))
     return folder
+
+
+def labels_yaml(names: Sequence[str], labels: Sequence[int] | np.ndarray) -> str:
+    """The text of a ``labels.yml`` giving each file its label, in this order (the set's order when read back)."""
+    return yaml.safe_dump({str(n): int(y) for n, y in zip(names, labels)}, sort_keys=False)
 
 
 def fixture(shape: tuple[int, int, int], n: int = 32, seed: int = 0) -> EvalSet:

@@ -30,6 +30,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from avc_common.images import ImageShape, ModelSpec
 from avc_common.rpc import PUSHBACK_KEY, defense_pb2, defense_pb2_grpc
 from avc_common.rpc.credentials import BearerToken, ClientTls
+from avc_common.rpc.targets import channel_target
 
 Reply = TypeVar("Reply")
 RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
@@ -127,7 +128,8 @@ class ServerInfo:
 
 
 class DefenseClient:
-    """Label-only access to a defense server at ``target`` (``host:port``); use as a context manager.
+    """Label-only access to a defense server at ``target`` (``host:port``, or several replicas: a comma-separated
+    list or a gRPC name, :func:`avc_common.rpc.targets.channel_target`); use as a context manager.
 
     ``timeout_s`` is the deadline of a call on an idle server; a Predict's adds ``patience`` times the
     server's time per image for its images and those queued before it. A Predict is sent again while
@@ -135,6 +137,7 @@ class DefenseClient:
     an unreachable server; ``concurrency`` is how many chunks of the :meth:`predict` calls too large for one
     request are in flight, over all callers. ``tls`` makes the channel TLS (mutual with a client certificate),
     and ``token`` is sent with every call as ``authorization: Bearer TOKEN`` (:mod:`avc_common.rpc.credentials`).
+    Calls go round-robin over the target's replicas; ``health_checked`` also skips one whose health says NOT_SERVING.
 
     One client serves several threads at once (the scorer's concurrent units): the channel and its stubs are
     thread-safe, each call keeps its retry state to itself, and the cached :class:`ServerInfo` is replaced
@@ -144,15 +147,16 @@ class DefenseClient:
 
     def __init__(self, target: str, timeout_s: float = 30.0, retries: int = 5, backoff_s: float = BACKOFF_S,
                  concurrency: int = 4, patience: float = 4.0, max_wait_s: float = 3600.0,
-                 tls: ClientTls | None = None, token: str | None = None) -> None:
+                 tls: ClientTls | None = None, token: str | None = None, health_checked: bool = False) -> None:
         self.target = target
         self.timeout_s = timeout_s
         self.retries = retries
         self.backoff_s = backoff_s
         self.patience = patience
         self.max_wait_s = max_wait_s
-        channel = (grpc.insecure_channel(target) if tls is None
-                   else grpc.secure_channel(target, tls.credentials(), tls.options()))
+        where = channel_target(target, health_checked)  # several replicas: round_robin (avc_common/rpc/targets.py)
+        channel = (grpc.insecure_channel(where.target, where.options) if tls is None
+                   else grpc.secure_channel(where.target, tls.credentials(), [*where.options, *tls.options()]))
         self._channel = channel if token is None else grpc.intercept_channel(channel, BearerToken(token))
         self._stub = defense_pb2_grpc.DefenseStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)

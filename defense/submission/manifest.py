@@ -115,7 +115,7 @@ def _memory(value: Any) -> str | None:
 
 
 def _version(value: Any) -> str | None:
-    return None if value == 1 else f"must be 1 (the format this version reads), got {value!r}"
+    return None if value == 1 and type(value) is int else f"must be 1 (the format this version reads), got {value!r}"
 
 
 # field -> (rule, an example value the fix quotes)

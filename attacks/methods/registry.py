@@ -2,12 +2,20 @@
 
 ``ATTACKS`` is what ``--attacks`` and the presets (:mod:`attacks.methods.suite`) name;
 constructors take the hyperparameters as keyword arguments (the dataclass fields).
+
+Attacks written elsewhere (an entry of a competition's attack track, a researcher's new method) join it by
+declaring an entry point in the group ``trades_avc.attacks`` of their own package (``docs/scoring.md``
+"Attacks from other packages"): once that package is installed, its attacks run like the built-in ones, through
+``--attacks``, presets, the ledger's budgets and verification. They are found when this module is first
+imported; a plugin that fails to import, is not an attack, or takes a name already used is left out with a
+warning that says why, so that one broken package cannot stop the built-in attacks.
 """
 from __future__ import annotations
 
 import dataclasses
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from importlib.metadata import entry_points
 
 import torch
 
@@ -21,7 +29,9 @@ from attacks.methods.other_class import OtherClassBlend
 from attacks.methods.suite import PRESETS, SURROGATE_ATTACKS, SuiteEntry
 from attacks.methods.transfer import TransferAttack
 
-ATTACKS: dict[str, type[Attack]] = {
+PLUGIN_GROUP = "trades_avc.attacks"  # the entry-point group other packages register their attacks under
+
+BUILTIN_ATTACKS: dict[str, type[Attack]] = {
     "additive_uniform": AdditiveUniformNoise,
     "additive_gaussian": AdditiveGaussianNoise,
     "blended_uniform": BlendedUniformNoise,
@@ -33,6 +43,32 @@ ATTACKS: dict[str, type[Attack]] = {
     "biased_boundary": BiasedBoundaryAttack,
     "transfer": TransferAttack,
 }
+
+
+def plugin_attacks(taken: Mapping[str, type[Attack]]) -> dict[str, type[Attack]]:
+    """The attacks installed packages declare under :data:`PLUGIN_GROUP`, by entry-point name, except any whose
+    name is in ``taken`` or that is not a dataclass subclass of :class:`Attack` (each left out with a warning)."""
+    found: dict[str, type[Attack]] = {}
+    for point in entry_points(group=PLUGIN_GROUP):
+        where = f"attack plugin {point.name!r} ({point.value}, from {point.dist.name if point.dist else 'unknown'})"
+        if point.name in taken or point.name in found:
+            warnings.warn(f"{where}: left out, the name {point.name!r} is already taken", UserWarning, stacklevel=2)
+            continue
+        try:
+            cls = point.load()
+        except Exception as err:  # whatever a third party's import raises, the built-in attacks stay usable
+            warnings.warn(f"{where}: left out, it failed to import ({type(err).__name__}: {err})", UserWarning,
+                          stacklevel=2)
+            continue
+        if not (isinstance(cls, type) and issubclass(cls, Attack) and dataclasses.is_dataclass(cls)):
+            warnings.warn(f"{where}: left out, expected a dataclass subclass of attacks.Attack, got {cls!r}",
+                          UserWarning, stacklevel=2)
+            continue
+        found[point.name] = cls
+    return found
+
+
+ATTACKS: dict[str, type[Attack]] = {**BUILTIN_ATTACKS, **plugin_attacks(BUILTIN_ATTACKS)}
 
 
 def create_attack(name: str, **kwargs) -> Attack:

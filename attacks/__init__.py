@@ -1,6 +1,11 @@
 """Decision-based (label-only) attacks under a per-image query budget, scored by verified min L2.
 
-Usage::
+Usage, in one call (:mod:`attacks.scoring.api`)::
+
+    results = attacks.score(net, images, labels, surrogates=[surrogate_net])
+    results.distances, results.summary["median"], results.save("runs/score")
+
+or piece by piece::
 
     model = BudgetedModel(RemoteModel(client), images, labels, budget=1000)
     for attack in (create_attack("other_class"), create_attack("geoda")):
@@ -32,9 +37,10 @@ from attacks.methods.other_class import OtherClassBlend
 from attacks.methods.registry import ATTACKS, attack_name, build_attack, build_suite, create_attack, name_attacks
 from attacks.methods.suite import PRESETS, SURROGATE_ATTACKS, SuiteEntry
 from attacks.methods.transfer import TransferAttack
+from attacks.scoring.api import Results, score
 
 __all__ = ["ATTACKS", "PRESETS", "SURROGATE_ATTACKS", "AdditiveGaussianNoise", "AdditiveUniformNoise",
            "ArtifactModel", "Attack", "BiasedBoundaryAttack", "BlendedUniformNoise", "BoundaryAttack",
            "BudgetExceeded", "BudgetedModel", "ContrastReduction", "GeoDA", "HopSkipJump", "LabelOnlyModel",
-           "OtherClassBlend", "RemoteModel", "SuiteEntry", "TorchModel", "TransferAttack",
-           "attack_name", "build_attack", "build_suite", "create_attack", "name_attacks"]
+           "OtherClassBlend", "RemoteModel", "Results", "SuiteEntry", "TorchModel", "TransferAttack",
+           "attack_name", "build_attack", "build_suite", "create_attack", "name_attacks", "score"]

@@ -18,6 +18,7 @@ from PIL import Image
 from torch import nn
 
 from attacks import ArtifactModel
+from attacks.scoring import api as score_api
 from attacks.scoring import cli as score_cli
 from attacks.scoring import pipeline as scoring
 from attacks.scoring.evaldata import EvalDataError, load_eval_data
@@ -54,8 +55,8 @@ def folder(artifact_dir, tmp_path_factory) -> Path:
 @pytest.fixture
 def no_plots(monkeypatch):
     """Skips cdf.png and gallery.png (most of a small score's time) in tests about what the runs compute."""
-    monkeypatch.setattr(score_cli, "plot_cdf", lambda *a: None)
-    monkeypatch.setattr(score_cli, "plot_gallery", lambda *a: None)
+    monkeypatch.setattr(score_api, "plot_cdf", lambda *a: None)
+    monkeypatch.setattr(score_api, "plot_gallery", lambda *a: None)
 
 
 def score(*argv: str | Path) -> int:

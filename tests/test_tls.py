@@ -20,6 +20,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from model_fixtures import SHAPE, LiveServer, make_artifact
 
 from attacks import ArtifactModel
+from attacks.scoring import api as score_api
 from attacks.scoring import cli as score_cli
 from avc_common.artifact import load_artifact
 from avc_common.data.evalset import write_folder
@@ -139,8 +140,8 @@ def remaining(pki: Path, target: str, who: str) -> int:
 
 
 def test_a_named_caller_scores_on_its_own_budget(secured, pki, folder, tmp_path, monkeypatch):
-    monkeypatch.setattr(score_cli, "plot_cdf", lambda *a: None)
-    monkeypatch.setattr(score_cli, "plot_gallery", lambda *a: None)
+    monkeypatch.setattr(score_api, "plot_cdf", lambda *a: None)
+    monkeypatch.setattr(score_api, "plot_gallery", lambda *a: None)
     assert score(pki, secured.target, folder, tmp_path / "out", "--token-file", pki / "scorer.token") == 0
     spent = BUDGETS["scorer"] - remaining(pki, secured.target, "scorer")
     assert spent == secured.server.servicer.counters.images > 0  # every image the server classified, no other's
@@ -251,8 +252,8 @@ def test_a_client_with_unusable_credentials_exits_2_before_any_call(pki, tmp_pat
 
 def test_a_score_past_the_callers_own_budget_says_a_plain_rerun_cannot_help(secured, pki, folder, tmp_path, capsys,
                                                                             monkeypatch):
-    monkeypatch.setattr(score_cli, "plot_cdf", lambda *a: None)
-    monkeypatch.setattr(score_cli, "plot_gallery", lambda *a: None)
+    monkeypatch.setattr(score_api, "plot_cdf", lambda *a: None)
+    monkeypatch.setattr(score_api, "plot_gallery", lambda *a: None)
     assert score(pki, secured.target, folder, tmp_path / "out", "--token-file", pki / "small.token") == 3
     err = capsys.readouterr().err
     assert "RESOURCE_EXHAUSTED" in err and "once the server has budget left for you" in err, err

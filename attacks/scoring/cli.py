@@ -20,13 +20,11 @@ results saved.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import importlib.util
 import json
 import shlex
 import sys
 import time
-import warnings
 from collections.abc import Sequence
 from dataclasses import asdict
 from functools import partial
@@ -42,16 +40,12 @@ from attacks import (
     ArtifactModel,
     Attack,
     RemoteModel,
-    SuiteEntry,
-    build_attack,
-    build_suite,
-    name_attacks,
 )
+from attacks.scoring.api import DEFAULT_CONCURRENCY, BadInput, Results, check_resumable, named_suite
+from attacks.scoring.api import fingerprint as run_fingerprint
 from attacks.scoring.evaldata import DATASETS, SAMPLING, EvalDataError, load_eval_data, pick
-from attacks.scoring.export import export_adversarials
 from attacks.scoring.pipeline import ChunkResult, SuiteRun, collect, worst_case_l2
-from attacks.scoring.plots import plot_cdf, plot_gallery
-from attacks.scoring.report import RunInfo, build_results, console, header, markdown
+from attacks.scoring.report import RunInfo, console, header
 from attacks.whitebox.reference import minimal_l2
 from attacks.whitebox.surrogate import load_ensemble, load_surrogate
 from avc_common.atomic import atomic_write_text
@@ -87,12 +81,6 @@ if TYPE_CHECKING:  # imported for real only with --ray: the default install has 
 
 OK, FAILED, BAD_INPUT, MODEL_UNAVAILABLE, INTERRUPTED = 0, 1, 2, 3, 130
 DEFAULT_IMAGES = 100
-DEFAULT_CONCURRENCY = {"target": 4, "model": 1}  # --concurrency without the flag, by where the model runs
-RUN_FILE = "run.json"
-
-
-class BadInput(ValueError):
-    """A flag, file or folder the run cannot use; the message says what was expected."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -235,22 +223,8 @@ def build_attacks(args: argparse.Namespace) -> tuple[dict[str, Attack], list[str
             load_surrogate(str(path), args.device)
         except (ValueError, OSError) as err:
             raise BadInput(f"--surrogate {path}: {err}") from None
-    surrogates = tuple(str(path) for path in args.surrogate)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:
-            if args.attacks is not None:
-                names = [name.strip() for name in args.attacks.split(",") if name.strip()]
-                if not names:
-                    raise BadInput("--attacks: give at least one attack name")
-                attacks = [build_attack(SuiteEntry(name), surrogates, args.device) for name in names]
-            else:
-                attacks = build_suite(args.preset, surrogates=surrogates, device=args.device)
-        except ValueError as err:
-            raise BadInput(f"--{'attacks' if args.attacks is not None else 'preset'}: {err}") from None
-    if not attacks:
-        raise BadInput(f"--preset {args.preset}: nothing left to run (give --surrogate DIR)")
-    return name_attacks(attacks), [str(w.message) for w in caught]
+    return named_suite(args.preset, None if args.attacks is None else args.attacks.split(","),
+                       tuple(str(path) for path in args.surrogate), args.device, prefix="--")
 
 
 def check_surrogates(args: argparse.Namespace, spec: ModelSpec) -> None:
@@ -322,32 +296,13 @@ def start_workers(args: argparse.Namespace, suite: dict[str, Attack]) -> RayWork
 
 def fingerprint(args: argparse.Namespace, suite: dict[str, Attack], model: Any, images: np.ndarray,
                 labels: np.ndarray, indices: np.ndarray) -> dict[str, Any]:
-    """Everything the results depend on; a resumed run must match it exactly."""
-    digest = hashlib.sha256(images.tobytes() + labels.astype(np.int64).tobytes()).hexdigest()
-    manifest = getattr(model, "manifest", None)
-    return {"attacks": {name: repr(attack) for name, attack in suite.items()}, "budget": args.budget,
-            "pooled": args.pooled, "seed": args.seed, "batch_images": args.batch_images,
-            "model": {"shape": list(model.info.shape), "num_classes": model.info.num_classes,
-                      "sha256": manifest["sha256"] if manifest else None},
-            "reference_steps": args.reference_steps if reference_wanted(args) else None,
-            "images_sha256": digest, "indices": indices.tolist()}
+    """Everything the results depend on (:func:`attacks.scoring.api.fingerprint`); a resumed run must match it."""
+    return run_fingerprint(suite, model, images, labels, indices, args.budget, args.pooled, args.seed,
+                           args.batch_images, args.reference_steps if reference_wanted(args) else None)
 
 
 def reference_wanted(args: argparse.Namespace) -> bool:
     return args.model is not None and args.reference
-
-
-def check_resumable(output: Path, settings: dict[str, Any]) -> None:
-    """Record the run's settings in ``output``, or refuse if it holds a different run."""
-    path = output / RUN_FILE
-    if path.exists():
-        saved = json.loads(path.read_text())
-        if saved != settings:
-            differ = sorted(k for k in settings.keys() | saved.keys() if saved.get(k) != settings.get(k))
-            raise BadInput(f"--output {output} holds a run with other settings ({', '.join(differ)}); "
-                           f"rerun its exact command to resume it, or pass a new --output")
-    else:
-        atomic_write_text(path, json.dumps(settings, indent=1) + "\n")
 
 
 def write_reports(output: Path, info: RunInfo, chunks: list[ChunkResult], data: dict[str, Any],
@@ -360,16 +315,8 @@ def write_reports(output: Path, info: RunInfo, chunks: list[ChunkResult], data: 
                    "data": info.data, "summary": None, "images": []}
         atomic_write_text(output / "results.json", json.dumps(results, indent=1) + "\n")
         return results
-    scores = collect(chunks, list(info.attacks))
-    results = build_results(info, scores, data["indices"], data["names"], data["labels"], data["worst"],
-                            len(data["indices"]), wall, complete, error)
-    atomic_write_text(output / "results.json", json.dumps(results, indent=1) + "\n")
-    atomic_write_text(output / "report.md", markdown(results))
-    plot_cdf(scores, output / "cdf.png")
-    plot_gallery(data["images"], scores, data["labels"], info.class_names, output / "gallery.png")
-    export_adversarials(output, scores, data["indices"], data["names"], data["labels"],
-                        keep_names=info.data["dataset"] == "folder")
-    return results
+    return Results(collect(chunks, list(info.attacks)), info, data["images"], data["labels"], data["indices"],
+                   data["names"], wall, complete, error).save(output, keep_names=info.data["dataset"] == "folder")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -388,7 +335,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                        args.seed)
         images, labels = evalset.images[indices], evalset.labels[indices]
         args.output.mkdir(parents=True, exist_ok=True)
-        check_resumable(args.output, fingerprint(args, suite, model, images, labels, indices))
+        check_resumable(args.output, fingerprint(args, suite, model, images, labels, indices), flag="--output",
+                        how="rerun its exact command")
         runner = start_workers(args, suite) if distributed(args) else None
     except (BadInput, EvalDataError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -9,6 +9,7 @@ or their losses.
 """
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from functools import lru_cache
 from itertools import repeat
@@ -22,6 +23,7 @@ from avc_common.tensors import to_hwc, to_model_input
 
 COMBINE = ("logits", "loss")
 ROBUST_LOSSES = frozenset({"pgd_at", "trades"})  # manifest ``training.loss`` of adversarially trained models
+_LOADING = threading.Lock()
 
 
 def load_surrogate(path: str, device: str | torch.device = "cpu") -> tuple[nn.Module, tuple[int, int, int], int]:
@@ -29,9 +31,11 @@ def load_surrogate(path: str, device: str | torch.device = "cpu") -> tuple[nn.Mo
     of classes.
 
     Loaded once per (path, device) per process: ``"cpu"`` and ``torch.device("cpu")`` are one cache entry, so the
-    scorer's validation load and the attacks' share it.
+    scorer's validation load and the attacks' share it. One load at a time: the attacks of a score run in several
+    threads, and ``torch.export.load`` is not safe to call from two at once.
     """
-    return _load_surrogate(str(path), str(torch.device(device)))
+    with _LOADING:
+        return _load_surrogate(str(path), str(torch.device(device)))
 
 
 @lru_cache(maxsize=16)

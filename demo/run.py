@@ -13,7 +13,11 @@ demo prints each one, keeps its output under ``--output`` and reuses it when rer
 (a finished stage is skipped, an interrupted one resumes).
 
 Writes ``OUTPUT/results.json``, ``OUTPUT/results.md`` and ``OUTPUT/cdf.png`` (the
-minimal-L2 distribution of both models on one figure). Exit codes: 0 done, 1 a stage
+minimal-L2 distribution of both models on one figure). One progress bar spans the stages:
+which stage, how far it is (epochs of a training run, images of a score, read from the files the
+stage writes), the time so far and an estimate of what is left (from this folder's earlier stage
+times where it has them, else from the measured times in ``EXPECTED_S``); each stage's key figure
+is printed as it finishes, and the end says where to look next. Exit codes: 0 done, 1 a stage
 failed (its command and log tail are printed), 2 bad arguments.
 """
 from __future__ import annotations
@@ -24,14 +28,17 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from matplotlib.figure import Figure
+from tqdm import tqdm
 
 from avc_common import __version__
 from avc_common.atomic import atomic_open, atomic_write_text
+from avc_common.cli import add_progress
 from defense.process import ServerProcess, free_port, wait_serving
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,6 +46,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SCORED = ("natural", "trades")
 SURROGATES = ("surrogate-pgd", "surrogate-natural")
 TIMINGS = "stage_seconds.json"
+POLL_S = 1.0  # how often a running stage's progress is read from its files
 
 
 @dataclass(frozen=True)
@@ -57,6 +65,11 @@ FULL = Settings(epochs={"natural": 3, "trades": 4, "surrogate-pgd": 2, "surrogat
                 eval_images=500, final_eval_images=2000, score_images=100, budget=1000)
 QUICK = Settings(epochs={"natural": 1, "trades": 1, "surrogate-pgd": 1, "surrogate-natural": 1}, train_images=20000,
                  eval_images=200, final_eval_images=500, score_images=16, budget=200)
+# Stage seconds measured on 2 CPU cores (docs/benchmarks.md "Demo"): the first estimate of what is left
+EXPECTED_S = {"full": {"train natural": 90, "train trades": 385, "train surrogate-pgd": 196,
+                       "train surrogate-natural": 71, "score natural": 199, "score trades": 179},
+              "quick": {"train natural": 17, "train trades": 44, "train surrogate-pgd": 41,
+                        "train surrogate-natural": 16, "score natural": 13, "score trades": 12}}
 LOSS_FLAGS = {"natural": ["--loss", "natural"], "trades": ["--loss", "trades", "--beta", "6"],
               "surrogate-pgd": ["--loss", "pgd_at", "--seed", "1"],
               "surrogate-natural": ["--loss", "natural", "--seed", "1"]}
@@ -66,28 +79,99 @@ class StageFailed(RuntimeError):
     """A stage's command exited non-zero; the message holds the command and its log tail."""
 
 
-def run_stage(name: str, argv: list[str], log_path: Path, timings: Path) -> None:
-    """Run one stage's command with its output in ``log_path``; add its wall seconds to ``timings``.
+class Progress:
+    """One bar over every stage, in expected seconds: a stage moves it up to its estimate while it runs (never
+    past it: an estimate is not a promise) and to its end when it finishes. ``say`` prints above the bar."""
+
+    def __init__(self, stages: dict[str, float], enabled: bool) -> None:
+        self.stages = stages
+        self.done_s = 0.0
+        self.bar = tqdm(total=round(sum(stages.values())), unit="s", disable=not enabled, dynamic_ncols=True,
+                        bar_format="{desc} |{bar}| {elapsed} elapsed, about {remaining} left")
+        self.enabled = enabled
+
+    def say(self, text: str) -> None:
+        if self.enabled:
+            self.bar.write(text)
+        else:
+            print(text, flush=True)
+
+    def running(self, name: str, seconds: float, detail: str) -> None:
+        index = list(self.stages).index(name) + 1
+        self.bar.set_description_str(f"[{index}/{len(self.stages)}] {name}{': ' + detail if detail else ''}")
+        self._move(self.done_s + min(seconds, 0.99 * self.stages[name]))
+
+    def finished(self, name: str) -> None:
+        self.done_s += self.stages[name]
+        self._move(self.done_s)
+
+    def _move(self, seconds: float) -> None:
+        self.bar.update(max(round(seconds) - self.bar.n, 0))
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def run_stage(name: str, argv: list[str], log_path: Path, timings: Path, progress: Progress,
+              watch: Callable[[], str]) -> None:
+    """Run one stage's command with its output in ``log_path``, showing ``watch()`` (how far it is) on the bar;
+    add its wall seconds to ``timings``.
 
     The seconds of every stage that ever finished are kept in ``timings`` (JSON), so the
     demo's reported time covers all stages even when a rerun reuses some of them.
     """
-    print(f"[{name}] $ {' '.join(argv)}", flush=True)
+    progress.say(f"[{name}] $ {' '.join(argv)}")
     start = time.monotonic()
     with open(log_path, "w") as log:
-        code = subprocess.call([sys.executable, *argv], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-    if code:
+        proc = subprocess.Popen([sys.executable, *argv], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            while proc.poll() is None:
+                progress.running(name, time.monotonic() - start, watch())
+                time.sleep(POLL_S)
+        finally:
+            if proc.poll() is None:  # interrupted: the stage resumes when the demo is rerun
+                proc.terminate()
+                proc.wait()
+    if proc.returncode:
         tail = "\n".join(log_path.read_text().replace("\r", "\n").splitlines()[-15:])
-        raise StageFailed(f"{name} failed (exit {code}): {' '.join(argv)}\n{tail}")
+        raise StageFailed(f"{name} failed (exit {proc.returncode}): {' '.join(argv)}\n{tail}")
     seconds = json.loads(timings.read_text()) if timings.exists() else {}
     seconds[name] = round(time.monotonic() - start, 1)
     atomic_write_text(timings, json.dumps(seconds, indent=2) + "\n")
 
 
-def train(model: str, args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+def read_json(path: Path) -> Any:
+    """``path``'s JSON, or None while it does not exist yet (the stages write their files atomically)."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def epochs_done(out: Path, epochs: int) -> Callable[[], str]:
+    def watch() -> str:
+        try:
+            done = len((out / "metrics.jsonl").read_text().splitlines())
+        except OSError:
+            done = 0
+        return f"epoch {min(done + 1, epochs)}/{epochs}"
+    return watch
+
+
+def images_done(out: Path) -> Callable[[], str]:
+    def watch() -> str:
+        summary = (read_json(out / "results.json") or {}).get("summary")
+        if not summary:
+            return "first chunk"
+        return f"{summary['images']}/{summary['total_images']} images, median L2 so far {summary['median']:.3f}"
+    return watch
+
+
+def train(model: str, args: argparse.Namespace, settings: Settings, progress: Progress) -> dict[str, Any]:
     """Train (or reuse) one model; its training summary."""
     out = args.output / model
     summary_path = out / "summary.json"
+    name = f"train {model}"
     if not (summary_path.exists() and (out / "artifact" / "manifest.json").exists()):
         out.mkdir(parents=True, exist_ok=True)
         argv = ["training/train_tiny.py", "--recipe", "fmnist-cpu", *LOSS_FLAGS[model],
@@ -96,34 +180,49 @@ def train(model: str, args: argparse.Namespace, settings: Settings) -> dict[str,
                 "--output", str(out), "--resume", "--no-progress"]
         if args.data:
             argv += ["--data", str(args.data)]
-        run_stage(f"train {model}", argv, out / "train.log", args.output / TIMINGS)
+        run_stage(name, argv, out / "train.log", args.output / TIMINGS, progress,
+                  epochs_done(out, settings.epochs[model]))
+        verb = "done"
     else:
-        print(f"[train {model}] reusing {out}", flush=True)
-    return json.loads(summary_path.read_text())
+        verb = f"reusing {out}"
+    summary = json.loads(summary_path.read_text())
+    final = summary["final"]
+    progress.finished(name)
+    progress.say(f"[{name}] {verb}: clean accuracy {final['clean_accuracy']:.2%}, PGD-20 accuracy "
+                 f"{final['pgd_accuracy']:.2%} ({final['eval_images']} test images)")
+    return summary
 
 
-def score(model: str, args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+def score(model: str, args: argparse.Namespace, settings: Settings, progress: Progress) -> dict[str, Any]:
     """Serve the model's artifact as the container would and score it over gRPC; the score report."""
     out = args.output / f"score-{model}"
     report = out / "results.json"
+    name = f"score {model}"
     if report.exists() and json.loads(report.read_text()).get("complete"):
-        print(f"[score {model}] reusing {out}", flush=True)
-        return json.loads(report.read_text())
-    port = free_port()
-    serve = [sys.executable, "-m", "defense", "serve", "--model", str(args.output / model / "artifact"),
-             "--host", "127.0.0.1", "--port", str(port)]
-    print(f"[serve {model}] $ {' '.join(serve[1:])}", flush=True)
-    with ServerProcess(serve, ROOT) as server:
-        wait_serving(server, f"127.0.0.1:{port}", timeout_s=120)
-        argv = ["attacks/score.py", "--target", f"127.0.0.1:{port}", "--dataset", "fashion_mnist",
-                "--images", str(settings.score_images), "--budget", str(settings.budget), "--preset", "top5",
-                *(arg for s in SURROGATES for arg in ("--surrogate", str(args.output / s / "artifact"))), "--seed", "0",
-                "--output", str(out), "--no-progress"]
-        if args.data:
-            argv += ["--data", str(args.data)]
-        run_stage(f"score {model}", argv, args.output / f"score-{model}.log", args.output / TIMINGS)
-        server.stop()
-    return json.loads(report.read_text())
+        verb = f"reusing {out}"
+    else:
+        port = free_port()
+        serve = [sys.executable, "-m", "defense", "serve", "--model", str(args.output / model / "artifact"),
+                 "--host", "127.0.0.1", "--port", str(port)]
+        progress.say(f"[serve {model}] $ {' '.join(serve[1:])}")
+        with ServerProcess(serve, ROOT) as server:
+            wait_serving(server, f"127.0.0.1:{port}", timeout_s=120)
+            argv = ["attacks/score.py", "--target", f"127.0.0.1:{port}", "--dataset", "fashion_mnist",
+                    "--images", str(settings.score_images), "--budget", str(settings.budget), "--preset", "top5",
+                    *(arg for s in SURROGATES for arg in ("--surrogate", str(args.output / s / "artifact"))),
+                    "--seed", "0", "--output", str(out), "--no-progress"]
+            if args.data:
+                argv += ["--data", str(args.data)]
+            run_stage(name, argv, args.output / f"score-{model}.log", args.output / TIMINGS, progress,
+                      images_done(out))
+            server.stop()
+        verb = "done"
+    results = json.loads(report.read_text())
+    s = results["summary"]
+    progress.finished(name)
+    progress.say(f"[{name}] {verb}: mean minimal L2 {s['mean']:.3f}, median {s['median']:.3f} over {s['images']} "
+                 f"images ({s['clean_accuracy']:.0%} clean accuracy)")
+    return results
 
 
 def table(rows: dict[str, dict[str, Any]]) -> str:
@@ -168,6 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, default=None,
                    help="Fashion-MNIST IDX folder (default: the training and scoring tools' own default, "
                         "/usr/share/datasets/fashion-mnist)")
+    add_progress(p)
     o = p.add_argument_group("overrides of the demo's (or --quick's) settings")
     o.add_argument("--epochs", type=int, default=None,
                    help=f"epochs of every model (demo: {FULL.epochs}; quick: {QUICK.epochs})")
@@ -218,12 +318,20 @@ def main(argv: list[str] | None = None) -> int:
                      "pass another --output or delete that folder")
     atomic_write_text(record, wanted)
     start = time.monotonic()
+    progress = Progress(expected_seconds(args), args.progress)
     try:
-        summaries = {m: train(m, args, settings) for m in (*SCORED, *SURROGATES)}
-        reports = {m: score(m, args, settings) for m in SCORED}
+        summaries = {m: train(m, args, settings, progress) for m in (*SCORED, *SURROGATES)}
+        reports = {m: score(m, args, settings, progress) for m in SCORED}
     except StageFailed as err:
+        progress.close()
         print(f"error: {err}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        progress.close()
+        print(f"\ninterrupted: rerun the same command to resume ({args.output} keeps every finished stage)",
+              file=sys.stderr)
+        return 130
+    progress.close()
     rows = {m: row(summaries[m], reports[m]) for m in SCORED}
     wall = time.monotonic() - start
     stages = json.loads((args.output / TIMINGS).read_text()) if (args.output / TIMINGS).exists() else {}
@@ -243,7 +351,27 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{text}\n\nTRADES / natural mean minimal L2: {ratio:.2f}x   stages {total / 60:.1f} min in all, "
           f"this invocation {wall / 60:.1f} min")
     print(f"results: {args.output / 'results.md'}  {args.output / 'results.json'}  {args.output / 'cdf.png'}")
+    print(next_steps(args.output))
     return 0
+
+
+def expected_seconds(args: argparse.Namespace) -> dict[str, float]:
+    """Each stage's estimate: its time in this folder's earlier run if it has one, else the measured default."""
+    earlier = read_json(args.output / TIMINGS) or {}
+    default = EXPECTED_S["quick" if args.quick else "full"]
+    return {name: float(earlier.get(name, seconds)) for name, seconds in default.items()}
+
+
+def next_steps(output: Path) -> str:
+    """Where to look next, and the commands to serve and score the trained model yourself."""
+    surrogates = " ".join(f"--surrogate {output / s / 'artifact'}" for s in SURROGATES)
+    return "\n".join([
+        "next:",
+        f"  reports per model: {output / 'score-trades' / 'report.md'}, {output / 'score-natural' / 'report.md'} "
+        f"(with cdf.png, gallery.png, adversarials/)",
+        f"  serve the TRADES model:  python -m defense serve --model {output / 'trades' / 'artifact'}",
+        f"  score it yourself:       python attacks/score.py --target localhost:50051 {surrogates}",
+        "  the rules and the report's fields: docs/scoring.md"])
 
 
 def row(summary: dict[str, Any], report: dict[str, Any]) -> dict[str, Any]:

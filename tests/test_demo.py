@@ -30,6 +30,11 @@ def test_quick_demo_writes_every_field_and_reuses_its_stages(fmnist_dir, tmp_pat
     command = json.loads((out / "score-natural" / "results.json").read_text())["command"]
     assert all(f"--surrogate {out / s / 'artifact'}" in command for s in ("surrogate-pgd", "surrogate-natural"))
     trained = (out / "trades" / "artifact" / "model.pt2").stat().st_mtime_ns
+    # each stage's key figure as it finishes, one bar over the stages, and where to look next
+    assert "[train trades] done: clean accuracy" in first.stdout and "PGD-20 accuracy" in first.stdout
+    assert "[score natural] done: mean minimal L2" in first.stdout
+    assert "[6/6] score trades" in first.stderr and "left" in first.stderr
+    assert "next:" in first.stdout and f"--model {out / 'trades' / 'artifact'}" in first.stdout
 
     again = run_demo(fmnist_dir, out)
     assert again.returncode == 0, again.stdout + again.stderr

@@ -30,17 +30,19 @@ from attacks.access.label_only import ArtifactModel, LabelOnlyModel, RemoteModel
 from attacks.methods.base import Attack
 from attacks.methods.biased import BiasedBoundaryAttack
 from attacks.methods.boundary import BoundaryAttack
+from attacks.methods.cgba import CGBA
 from attacks.methods.geoda import GeoDA
 from attacks.methods.hsja import HopSkipJump
 from attacks.methods.noise import AdditiveGaussianNoise, AdditiveUniformNoise, BlendedUniformNoise, ContrastReduction
 from attacks.methods.other_class import OtherClassBlend
+from attacks.methods.prior_geoda import PriorGeoDA
 from attacks.methods.registry import ATTACKS, attack_name, build_attack, build_suite, create_attack, name_attacks
 from attacks.methods.suite import PRESETS, SURROGATE_ATTACKS, SuiteEntry
 from attacks.methods.transfer import TransferAttack
 from attacks.scoring.api import Results, score
 
-__all__ = ["ATTACKS", "PRESETS", "SURROGATE_ATTACKS", "AdditiveGaussianNoise", "AdditiveUniformNoise",
+__all__ = ["ATTACKS", "CGBA", "PRESETS", "SURROGATE_ATTACKS", "AdditiveGaussianNoise", "AdditiveUniformNoise",
            "ArtifactModel", "Attack", "BiasedBoundaryAttack", "BlendedUniformNoise", "BoundaryAttack",
            "BudgetExceeded", "BudgetedModel", "ContrastReduction", "GeoDA", "HopSkipJump", "LabelOnlyModel",
-           "OtherClassBlend", "RemoteModel", "Results", "SuiteEntry", "TorchModel", "TransferAttack",
+           "OtherClassBlend", "PriorGeoDA", "RemoteModel", "Results", "SuiteEntry", "TorchModel", "TransferAttack",
            "attack_name", "build_attack", "build_suite", "create_attack", "name_attacks", "score"]

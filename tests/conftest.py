@@ -1,4 +1,5 @@
-"""Shared fixtures: a small learnable Fashion-MNIST-format data set in its exact IDX layout."""
+"""Shared fixtures: a small learnable Fashion-MNIST-format data set in its exact IDX layout, and a tiny random CNN the
+attack tests share."""
 from __future__ import annotations
 
 import gzip
@@ -43,3 +44,21 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tiny_cnn():
+    """A random 4-class CNN on 12 x 12 x 3 images (a ``TorchModel``), the images and their labels, labelled with its
+    own predictions (clean accuracy 1)."""
+    from attacks import TorchModel  # here, so that the tests that attack nothing do not import the attack package
+    from avc_common.images import ImageShape, ModelSpec
+
+    nn = torch.nn
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(8, 8, 3, padding=1),
+                        nn.ReLU(), nn.Flatten(), nn.Linear(8 * 6 * 6, 4)).eval()
+    model = TorchModel(net, ModelSpec(ImageShape(12, 12, 3), 4))
+    images = np.random.default_rng(0).integers(0, 256, size=(6, 12, 12, 3), dtype=np.uint8)
+    labels = model(images)
+    assert len(np.unique(labels)) > 1
+    return model, images, labels

@@ -113,19 +113,6 @@ def test_linear_model_distance_approaches_the_exact_minimum(attack, smooth, tole
     assert np.median(full) < np.median(short), "more queries should give smaller distances"
 
 
-@pytest.fixture(scope="module")
-def tiny_cnn() -> tuple[TorchModel, np.ndarray, np.ndarray]:
-    """A random 4-class CNN on 12 x 12 x 3 images, labelled with its own predictions (clean accuracy 1)."""
-    torch.manual_seed(0)
-    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(8, 8, 3, padding=1),
-                        nn.ReLU(), nn.Flatten(), nn.Linear(8 * 6 * 6, 4)).eval()
-    model = TorchModel(net, ModelSpec(ImageShape(12, 12, 3), 4))
-    images = np.random.default_rng(0).integers(0, 256, size=(6, 12, 12, 3), dtype=np.uint8)
-    labels = model(images)
-    assert len(np.unique(labels)) > 1
-    return model, images, labels
-
-
 @pytest.mark.parametrize("name", LABEL_ONLY)
 def test_every_attack_stays_within_budget_and_reports_verified_adversarials(name, tiny_cnn):
     net, images, labels = tiny_cnn

@@ -31,6 +31,7 @@ the code").
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,6 +43,9 @@ from attacks.blocks.gradient import estimate_normal
 from attacks.blocks.linesearch import bisect, jump
 from attacks.methods.base import Attack, with_starts
 from attacks.methods.starts import STARTS
+
+# (image ids, their boundary points, this iteration's sum of signed probes, how many) -> a vector to add to that sum
+Guide = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], np.ndarray | float]
 
 
 @dataclass(frozen=True)
@@ -60,6 +64,7 @@ class GeoDA(Attack):
     prior: float = 0.0
 
     def _run(self, model: BudgetedModel, ids: np.ndarray, rng: np.random.Generator) -> None:
+        guide = self._guide(model)
         ids = with_starts(model, ids, rng, self.init)
         clean = model.clean(ids)
         boundary, _ = bisect(model, ids, clean, model.starts(ids))
@@ -73,15 +78,24 @@ class GeoDA(Attack):
             dist = np.linalg.norm(boundary[rows] - clean[rows], axis=1)
             local = estimate_normal(model, ids[rows], boundary[rows], delta[rows], evals[rows], rng, self.freq,
                                     self.probe_rows)
-            normal[rows] += evals[rows, None] * local
-            found, point = self._along(model, ids[rows], clean[rows], boundary[rows], unit_rows(normal[rows]))
+            probes = evals[rows, None] * local  # this iteration's sum of signed probes
+            normal[rows] += probes
+            bias = np.asarray(guide(ids[rows], boundary[rows], probes, evals[rows]), dtype=np.float32)
+            bias = np.broadcast_to(bias, local.shape)  # in probes' units: 0 leaves plain GeoDA's floats as they were
+            found, point = self._along(model, ids[rows], clean[rows], boundary[rows], unit_rows(normal[rows] + bias))
             lost = np.flatnonzero(~found)
-            jumped, moved = jump(model, ids[rows[lost]], boundary[rows[lost]], unit_rows(local[lost]),
+            local_bias = bias[lost] / evals[rows[lost], None].astype(np.float32)
+            jumped, moved = jump(model, ids[rows[lost]], boundary[rows[lost]], unit_rows(local[lost] + local_bias),
                                  dist[lost] / np.sqrt(t + 1))
             lost = lost[moved]
             point[lost], _ = bisect(model, ids[rows[lost]], clean[rows[lost]], jumped[moved])
             found[lost] = True
             boundary[rows[found]] = point[found]
+
+    def _guide(self, model: BudgetedModel) -> Guide:
+        """What each iteration adds to the sum of its signed probes before the searches: nothing here (a surrogate
+        prior in :class:`attacks.methods.prior_geoda.PriorGeoDA`)."""
+        return lambda ids, points, probes, evals: 0.0
 
     def _along(self, model: BudgetedModel, ids: np.ndarray, clean: np.ndarray, boundary: np.ndarray,
                direction: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -22,10 +22,12 @@ import torch
 from attacks.methods.base import Attack
 from attacks.methods.biased import BiasedBoundaryAttack
 from attacks.methods.boundary import BoundaryAttack
+from attacks.methods.cgba import CGBA
 from attacks.methods.geoda import GeoDA
 from attacks.methods.hsja import HopSkipJump
 from attacks.methods.noise import AdditiveGaussianNoise, AdditiveUniformNoise, BlendedUniformNoise, ContrastReduction
 from attacks.methods.other_class import OtherClassBlend
+from attacks.methods.prior_geoda import PriorGeoDA
 from attacks.methods.suite import PRESETS, SURROGATE_ATTACKS, SuiteEntry
 from attacks.methods.transfer import TransferAttack
 
@@ -40,8 +42,10 @@ BUILTIN_ATTACKS: dict[str, type[Attack]] = {
     "boundary": BoundaryAttack,
     "hsja": HopSkipJump,
     "geoda": GeoDA,
+    "cgba": CGBA,
     "biased_boundary": BiasedBoundaryAttack,
     "transfer": TransferAttack,
+    "prior_geoda": PriorGeoDA,
 }
 
 

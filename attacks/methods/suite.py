@@ -5,18 +5,17 @@ A suite is data (CONTRIBUTING.md "House style", after Foolbox): a tuple of :clas
 suite gets its own per-image budget and the image's score is the minimum over them, so
 the best suites combine attacks that win on *different* images.
 
-Attacks that use local surrogate models (``transfer``, ``biased_boundary``) get the surrogate artifact
-folders, and the device their gradients run on, from :func:`attacks.build_suite`; without any surrogates, they are
-left out with a warning. An
-entry's keyword argument may itself be a :class:`SuiteEntry` (a transfer attack's ``refine``),
-built the same way.
+Attacks that use local surrogate models (``transfer``, ``biased_boundary``, ``prior_geoda``) get the surrogate
+artifact folders, and the device their gradients run on, from :func:`attacks.build_suite`; without any surrogates,
+they are left out with a warning. An entry's keyword argument may itself be a :class:`SuiteEntry` (a transfer
+attack's ``refine``), built the same way.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
 
-SURROGATE_ATTACKS = frozenset({"transfer", "biased_boundary"})  # their ``surrogates``, ``device`` come from build_suite
+SURROGATE_ATTACKS = frozenset({"transfer", "biased_boundary", "prior_geoda"})  # surrogates, device: build_suite's
 
 
 @dataclass(frozen=True)
@@ -36,11 +35,16 @@ class SuiteEntry:
 
 HSJA = SuiteEntry("hsja", source="Chen, Jordan & Wainwright, HopSkipJumpAttack, IEEE S&P 2020")
 GEODA = SuiteEntry("geoda", source="Rahmati, Moosavi-Dezfooli, Frossard & Dai, GeoDA, CVPR 2020")
+CGBA = SuiteEntry("cgba", source="Reza, Rahmati, Wu & Dai, CGBA: Curvature-aware Geometric Black-box Attack, "
+                                 "ICCV 2023")
 BIASED = SuiteEntry("biased_boundary", source="Brunner, Diehl, Truong Le & Knoll, Guessing Smart: Biased Sampling "
                                               "for Efficient Black-Box Adversarial Attacks, ICCV 2019")
 TRANSFER = SuiteEntry("transfer", source="Papernot et al., Transferability in Machine Learning, 2016; Liu et al., "
                                          "Delving into Transferable Adversarial Examples, ICLR 2017; Dong et al., "
                                          "MI-FGSM, CVPR 2018; refined by GeoDA")
+PRIOR_GEODA = SuiteEntry("prior_geoda", source="GeoDA (Rahmati et al., CVPR 2020) with transfer priors at the boundary "
+                                             "point, as in Prior-OPT (Ma et al., ICLR 2025) and SQBA (Park, Miller & "
+                                             "McLaughlin, WACV 2024)")
 
 TRANSFER_BIASED = SuiteEntry("transfer", {"refine": SuiteEntry("biased_boundary", {"gradient_from": "robust"})},
                              source="The NeurIPS 2018 AVC untargeted winners' recipe (Brunner et al., ICCV 2019): a "

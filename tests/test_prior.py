@@ -1,0 +1,161 @@
+"""GeoDA guided by surrogate priors (``prior_geoda``): linear models whose exact minimum is known, with surrogates that
+are right, half right or useless, and a small CNN for the budget and verification rules."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from model_fixtures import make_artifact
+from test_attacks import NOISE_START, CountingModel, linear_problem
+
+from attacks import (
+    SURROGATE_ATTACKS,
+    ArtifactModel,
+    BudgetedModel,
+    GeoDA,
+    PriorGeoDA,
+    TransferAttack,
+    build_attack,
+    create_attack,
+)
+from attacks.access.lattice import l2
+from attacks.methods.suite import PRIOR_GEODA, SuiteEntry
+from avc_common.artifact import save_artifact
+from avc_common.images import to_unit
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def save_linear(weights: torch.Tensor, folder) -> str:
+    linear = torch.nn.Linear(weights.shape[1], weights.shape[0], bias=False)
+    linear.weight.data = weights.clone()
+    return str(save_artifact(torch.nn.Sequential(torch.nn.Flatten(), linear), folder, input_shape=(8, 8, 1),
+                             class_names=["a", "b", "c"], arch="linear", dataset="test", training={}, metrics={}))
+
+
+@pytest.fixture(scope="module")
+def linear(tmp_path_factory):
+    """The 8 x 8 linear problem and three surrogates: its own model (a perfect prior), its weights plus noise (each
+    class pair's normal at a cosine of about 0.6 to the target's) and another random linear model (useless)."""
+    problem = linear_problem()
+    weights = problem.model.net[1].weight.detach()
+    folder = tmp_path_factory.mktemp("linear")
+    noise = torch.randn(weights.shape, generator=torch.Generator().manual_seed(0)) * 1.33 / 8
+    return problem, {"perfect": save_linear(weights, folder / "perfect"),
+                     "half": save_linear(weights + noise, folder / "half"),
+                     "useless": save_linear(linear_problem(seed=5).model.net[1].weight.detach(), folder / "useless")}
+
+
+@pytest.fixture(scope="module")
+def cnn(tmp_path_factory):
+    """The fixture CNN as the target, six random images labelled by it, and another seed of it as the surrogate."""
+    folder = tmp_path_factory.mktemp("cnn")
+    model = ArtifactModel(make_artifact(folder / "target"))
+    images = np.random.default_rng(0).integers(0, 256, size=(6, 28, 28, 1), dtype=np.uint8)
+    surrogate = str(make_artifact(folder / "surrogate", training={"loss": "natural"}, seed=1))
+    return model, images, model(images), surrogate
+
+
+def ratios(attack, problem, budget: int, seed: int = 1) -> np.ndarray:
+    model = BudgetedModel(problem.model, problem.images, problem.labels, budget=budget)
+    attack.run(model, np.arange(len(problem.images)), np.random.default_rng(seed))
+    assert model.used.max() <= budget
+    ratio = model.best_l2 / problem.exact
+    assert np.all(ratio >= 1 - 1e-9), "closer than the exact minimum: the adversarial is not real"
+    return ratio
+
+
+def prior_geoda(*surrogates: str, **kwargs) -> PriorGeoDA:
+    """Probes in the full space: a random linear model has no low-frequency prior."""
+    return PriorGeoDA(surrogates=surrogates, freq=1.0, init=NOISE_START, **kwargs)
+
+
+def test_a_perfect_prior_reaches_the_exact_minimum_of_a_linear_model_in_a_hundred_queries(linear):
+    problem, surrogates = linear
+    assert np.median(ratios(prior_geoda(surrogates["perfect"]), problem, 100)) <= 1.03
+    assert np.median(ratios(GeoDA(freq=1.0, init=NOISE_START), problem, 100)) >= 1.5, "the probes alone are far"
+
+
+def test_a_half_right_prior_and_the_probes_together_beat_the_prior_alone_and_improve_with_budget(linear):
+    """The prior's own line (the transfer attack's lines alone) stops at about 1/cos of the minimum; the probes
+    correct the prior's error, more with more queries."""
+    problem, surrogates = linear
+    line = np.median(ratios(TransferAttack(surrogates=(surrogates["half"],), refine=None), problem, 100))
+    short, full = (np.median(ratios(prior_geoda(surrogates["half"]), problem, b)) for b in (100, 1000))
+    assert line > 1.3
+    assert full < short and full <= 1.1
+
+
+def test_a_useless_prior_gets_no_weight_and_costs_almost_nothing(linear):
+    problem, surrogates = linear
+    for budget in (300, 1000):
+        plain = np.median(ratios(GeoDA(freq=1.0, init=NOISE_START), problem, budget))
+        useless = np.median(ratios(prior_geoda(surrogates["useless"]), problem, budget))
+        perfect = np.median(ratios(prior_geoda(surrogates["perfect"]), problem, budget))
+        assert useless <= 1.02 * plain
+        assert perfect < useless - 0.04
+
+
+def test_one_prior_per_surrogate_finds_the_good_surrogate_among_useless_ones(linear):
+    """Averaged into one ensemble, a useless surrogate spoils the perfect one's prior; as priors of their own, the
+    probes' agreement gives the perfect one the weight."""
+    problem, surrogates = linear
+    pair = (surrogates["useless"], surrogates["perfect"])
+    each = np.median(ratios(prior_geoda(*pair, priors="each"), problem, 300))
+    ensemble = np.median(ratios(prior_geoda(*pair, priors="ensemble"), problem, 300))
+    assert each <= 1.03 and ensemble > each + 0.1
+
+
+def test_prior_geoda_stays_within_budget_and_reports_verified_adversarials(cnn):
+    net, images, labels, surrogate = cnn
+    attack, budget = PriorGeoDA(surrogates=(surrogate,)), 200
+    counter = CountingModel(net)
+    model = BudgetedModel(counter, images, labels, budget=budget)
+    attack.run(model, np.arange(len(images)), np.random.default_rng(0))
+    assert counter.queries == model.used.sum() and model.used.max() <= budget
+    assert model.used.min() > budget - attack.reserve - 20, "the budget is spent, not left over"
+    assert np.all(np.isfinite(model.best_l2)), "every image fooled"
+    assert np.all(net(model.best) != labels), "every reported adversarial is misclassified as sent"
+    np.testing.assert_allclose(model.best_l2, l2(to_unit(model.best), to_unit(images)))
+    for i in range(2):  # one image alone: the independent count is that image's count
+        alone = CountingModel(net)
+        attack.run(BudgetedModel(alone, images[i:i + 1], labels[i:i + 1], budget=budget), np.array([0]),
+                   np.random.default_rng(0))
+        assert alone.queries <= budget
+
+
+def test_prior_geoda_is_deterministic_for_a_seed_and_skips_misclassified_images(cnn):
+    net, images, labels, surrogate = cnn
+    wrong = labels.copy()
+    wrong[0] = (wrong[0] + 1) % 10
+    runs = []
+    for _ in range(2):
+        model = BudgetedModel(net, images, wrong, budget=150)
+        PriorGeoDA(surrogates=(surrogate,)).run(model, np.arange(len(images)), np.random.default_rng(3))
+        runs.append(model)
+    np.testing.assert_array_equal(runs[0].best, runs[1].best)
+    np.testing.assert_array_equal(runs[0].used, runs[1].used)
+    assert runs[0].used[0] == 1 and runs[0].best_l2[0] == 0
+
+
+def test_prior_geoda_is_built_with_the_suites_surrogates_and_refuses_bad_settings(cnn, linear):
+    _, _, _, surrogate = cnn
+    assert "prior_geoda" in SURROGATE_ATTACKS and PRIOR_GEODA.needs_surrogates and PRIOR_GEODA.source
+    attack = build_attack(PRIOR_GEODA, [surrogate], device="cpu")
+    assert isinstance(attack, PriorGeoDA) and attack.surrogates == (surrogate,)
+    refined = build_attack(SuiteEntry("transfer", {"refine": SuiteEntry("prior_geoda", {"prior": 500.0})}), [surrogate])
+    assert refined.refine.surrogates == (surrogate,)
+    on_cuda = PriorGeoDA(surrogates=(surrogate,), device="cuda:1")  # built, not run: no CUDA needed
+    assert on_cuda == attack and repr(on_cuda) == repr(attack) and "device" not in repr(attack)
+    assert "max_cos=0.5" in repr(create_attack("prior_geoda", surrogates=(surrogate,), max_cos=0.5))
+    with pytest.raises(ValueError, match="at least one surrogate"):
+        PriorGeoDA()
+    for kwargs, match in (({"priors": "all"}, "priors must be one of"), ({"combine": "max"}, "combine must be one of"),
+                          ({"max_cos": 1.0}, r"max_cos must be in")):
+        with pytest.raises(ValueError, match=match):
+            PriorGeoDA(surrogates=(surrogate,), **kwargs)
+    net, images, labels, _ = cnn
+    model = BudgetedModel(net, images, labels, budget=50)
+    with pytest.raises(ValueError, match=r"takes \(8, 8, 1\) images with 3 classes"):
+        PriorGeoDA(surrogates=(linear[1]["perfect"],)).run(model, np.arange(len(images)), np.random.default_rng(0))
+    assert model.used.max() <= 1, "refused before any query but the clean check"

@@ -34,6 +34,17 @@ class Runtime:
                             else torch.contiguous_format)
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes bf16 natively: CUDA, or a CPU whose oneDNN has bf16 kernels (AVX512-BF16, AMX).
+
+    Elsewhere (an AVX2-only CPU) autocast emulates bf16 and a training step runs about ten times slower than in
+    fp32 (docs/training.md "Precision on a CPU"), so bf16 is only worth asking for where this holds.
+    """
+    if device.type == "cuda":
+        return True
+    return device.type == "cpu" and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 def batches(images: torch.Tensor, labels: torch.Tensor, order: list[int] | torch.Tensor,
             batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield ``(uint8 images, labels)`` in ``order``; indices past N wrap (epochs of several views)."""

@@ -6,7 +6,8 @@
 
 Every epoch writes an atomic checkpoint and a metrics line; ``--resume`` continues a
 killed run to the same weights. The run ends by exporting ``OUTPUT/artifact``
-(docs/artifact.md) with the final white-box metrics.
+(docs/artifact.md) with the final white-box metrics (PGD-20; ``--final-autoattack`` adds
+AutoAttack, docs/training.md "AutoAttack").
 Exit codes: 0 done, 2 bad arguments or data, 1 anything else.
 """
 from __future__ import annotations
@@ -43,6 +44,7 @@ from avc_common.cli import (
     set_threads,
 )
 from avc_common.data.tiny_imagenet import DatasetLayoutError
+from training import autoattack
 from training.augment import AUGMENTATIONS
 from training.checkpoint import (
     CheckpointError,
@@ -54,7 +56,7 @@ from training.checkpoint import (
 )
 from training.data import DATASETS, ImageDataset, load_dataset
 from training.distributed import init_distributed, shutdown
-from training.engine import Runtime, batches, evaluate_accuracy, train_one_epoch
+from training.engine import Runtime, batches, evaluate_accuracy, native_bf16, train_one_epoch
 from training.models import MODELS, create_model
 from training.pgd import NORMS
 from training.trades import LOSSES, AttackConfig
@@ -71,7 +73,7 @@ RUN_DEFINING = ("dataset", "arch", "loss", "norm", "epsilon", "step_size", "step
 RECIPES: dict[str, dict[str, Any]] = {
     "fmnist-cpu": {"dataset": "fashion_mnist", "arch": "small_cnn", "drop_rate": 0.0, "epsilon": 0.1,
                    "step_size": 0.025, "steps": 5, "batch_size": 128, "lr": 0.05, "lr_schedule": "onecycle",
-                   "augment": "none", "precision": "bf16", "channels_last": "on", "eval_images": 1000,
+                   "augment": "none", "precision": "auto", "channels_last": "on", "eval_images": 1000,
                    "eval_step_size": 0.01, "epochs": 8},
 }
 # Architectures whose PGD-20 evaluation a CPU runs at the full sizes (1000 images per epoch, the whole test set).
@@ -131,6 +133,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="evaluation radius (default: --epsilon)")
     e.add_argument("--eval-step-size", type=positive_float, default=None,
                    help="evaluation PGD step size (default: eval epsilon / 10)")
+    e.add_argument("--final-autoattack", action="store_true",
+                   help="the final evaluation also runs AutoAttack's standard version (training/evaluate.py "
+                        "--attack autoattack) on its images, at the evaluation radius; needs the "
+                        f"{autoattack.EXTRA} extra, and takes far longer than PGD-20")
     e.add_argument("--eval-batch-size", metavar="N", type=positive_int, default=500,
                    help="images per evaluation batch (memory grows with it: docs/benchmarks.md "
                         "\"ResNet-18 at 64x64 on a CPU\")")
@@ -140,7 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--resume", action="store_true", help="continue from OUTPUT/checkpoint.pt if present")
     add_device(r, what="training and evaluation")
     r.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
-                   help="bf16 autocast for training (auto: bf16 on CUDA, fp32 on CPU); evaluation is fp32")
+                   help="bf16 autocast for training (auto: bf16 where the device computes it natively: CUDA, or a "
+                        "CPU with AVX512-BF16 or AMX; fp32 elsewhere, where bf16 is emulated and about 10x slower); "
+                        "evaluation is fp32")
     r.add_argument("--channels-last", choices=("auto", "on", "off"), default="auto",
                    help="channels_last memory format (auto: on for CUDA)")
     r.add_argument("--compile", action="store_true", help="torch.compile the model")
@@ -179,7 +187,10 @@ def _with_eval_sizes(args: argparse.Namespace, announce: bool) -> argparse.Names
 
 def _runtime(args: argparse.Namespace) -> Runtime:
     cuda = args.device.type == "cuda"
-    bf16 = args.precision == "bf16" or (args.precision == "auto" and cuda)
+    bf16 = args.precision == "bf16" or (args.precision == "auto" and native_bf16(args.device))
+    if args.precision == "bf16" and not native_bf16(args.device):
+        print(f"warning: --precision bf16 on {args.device}, which has no native bf16: autocast emulates it, about "
+              f"10x slower than --precision fp32", file=sys.stderr)
     channels_last = args.channels_last == "on" or (args.channels_last == "auto" and cuda)
     return Runtime(args.device, bf16, channels_last)
 
@@ -210,14 +221,24 @@ def _eval_subset(data: ImageDataset, n: int, seed: int) -> tuple[torch.Tensor, t
     return images, labels
 
 
-def _evaluate(args, net, data, rt, n, desc) -> dict[str, float]:
+def _eval_epsilon(args: argparse.Namespace) -> float:
+    return args.eval_epsilon if args.eval_epsilon is not None else args.epsilon
+
+
+def _evaluate(args, net, data, rt, n, desc, with_autoattack: bool = False) -> dict[str, float]:
     images, labels = _eval_subset(data, n, args.seed)
-    eps = args.eval_epsilon if args.eval_epsilon is not None else args.epsilon
+    eps = _eval_epsilon(args)
     step = args.eval_step_size if args.eval_step_size is not None else eps / 10
     metrics = evaluate_accuracy(net, images, labels, rt, args.eval_batch_size, eps, step,
                                 args.eval_steps, args.norm, progress=args.progress, desc=desc)
     metrics.update(eval_images=len(images), eval_attack=f"PGD-{args.eval_steps} {args.norm} "
                    f"eps={eps:g} step={step:g}")
+    if with_autoattack:
+        cfg = autoattack.AutoAttackConfig(args.norm, eps, seed=args.seed)
+        metrics.update(autoattack.autoattack_accuracy(net, images, labels, rt, args.eval_batch_size, cfg,
+                                                      data.num_classes, progress=args.progress,
+                                                      desc=f"{desc} autoattack"),
+                       autoattack_attack=cfg.describe())
     return metrics
 
 
@@ -303,7 +324,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     summary: dict[str, Any] = {"output_dir": str(out), "epochs": args.epochs, "history": history}
     if ctx.is_main:
         if args.final_eval_images >= 0:
-            summary["final"] = _evaluate(args, net, data, rt, args.final_eval_images, "final eval")
+            summary["final"] = _evaluate(args, net, data, rt, args.final_eval_images, "final eval",
+                                         with_autoattack=args.final_autoattack)
         if not args.no_export:
             training = {k: getattr(args, k) for k in RUN_DEFINING if k not in ("dataset", "arch")}
             training.update(epochs=args.epochs, world_size=ctx.world_size,
@@ -333,6 +355,10 @@ def _print_summary(summary: dict[str, Any]) -> None:
     if "clean_accuracy" in final:
         print(f"clean accuracy {final['clean_accuracy']:.4f}  {final['eval_attack']} accuracy "
               f"{final['pgd_accuracy']:.4f}  on {final['eval_images']} test images")
+    if "autoattack_accuracy" in final:
+        print(f"{final['autoattack_attack']} accuracy {final['autoattack_accuracy']:.4f} (after "
+              + ", ".join(f"{name} {final[autoattack.metric_key(name)]:.4f}" for name in autoattack.COMPONENTS)
+              + f"; {final['autoattack_seconds']:.0f}s)")
     if "artifact" in summary:
         print(f"artifact: {summary['artifact']}")
     print(f"metrics: {Path(summary['output_dir']) / METRICS}  summary: {Path(summary['output_dir']) / SUMMARY}")
@@ -348,7 +374,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     first.add_argument("--recipe")
     parser = build_parser()
     parser.set_defaults(**RECIPES.get(first.parse_known_args(argv)[0].recipe, {}))
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.final_autoattack:  # checked now: the run would otherwise fail only after all its training
+        if not autoattack.available():
+            parser.error(f"--final-autoattack: {autoattack.MISSING}")
+        if args.final_eval_images is not None and args.final_eval_images < 0:
+            parser.error("--final-autoattack: not with --final-eval-images -1, which skips the final evaluation")
+        if _eval_epsilon(args) == 0:
+            parser.error("--final-autoattack: AutoAttack needs a radius > 0 (--eval-epsilon or --epsilon)")
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -98,6 +98,18 @@ def attack_ratios(attack, problem: LinearProblem, budget: int) -> np.ndarray:
     return model.best_l2 / problem.exact
 
 
+def true_normals(problem) -> np.ndarray:
+    """Per image, the unit normal of the nearest pairwise hyperplane, pointing away from the image's class."""
+    weights = problem.model.net[1].weight.detach().numpy().astype(np.float64)
+    clean = to_unit(problem.images).reshape(len(problem.images), -1).astype(np.float64)
+    logits = clean @ weights.T
+    rows = np.arange(len(clean))
+    normals = weights[problem.labels][:, None, :] - weights[None]
+    dist = (logits[rows, problem.labels][:, None] - logits) / np.maximum(np.linalg.norm(normals, axis=2), 1e-12)
+    dist[rows, problem.labels] = np.inf
+    normal = -normals[rows, dist.argmin(axis=1)]
+    return normal / np.linalg.norm(normal, axis=1, keepdims=True)
+
 @pytest.mark.parametrize("attack, smooth, tolerance", [
     (HopSkipJump(init=NOISE_START), False, 1.10),
     (GeoDA(freq=1.0, init=NOISE_START), False, 1.10),  # a random linear model has no low-frequency prior
@@ -105,6 +117,8 @@ def attack_ratios(attack, problem: LinearProblem, budget: int) -> np.ndarray:
     (BoundaryAttack(freq=1.0, init=NOISE_START), False, 1.50),
     (BoundaryAttack(init=NOISE_START), True, 1.50),
 ], ids=["hsja", "geoda-full-space", "geoda-smooth", "boundary-full-space", "boundary-smooth"])
+
+
 def test_linear_model_distance_approaches_the_exact_minimum(attack, smooth, tolerance):
     problem = linear_problem(side=16 if smooth else 8, smooth=smooth)
     short, full = attack_ratios(attack, problem, 200), attack_ratios(attack, problem, 1000)
@@ -214,15 +228,9 @@ def test_geoda_prior_keeps_a_good_start_direction_that_plain_geoda_walks_away_fr
 
     Plain GeoDA's first estimates (40 probes in 64 dimensions) point farther, so it never beats the start."""
     problem = linear_problem()
-    weights = problem.model.net[1].weight.detach().numpy()
     clean = to_unit(problem.images).reshape(len(problem.images), -1)
-    logits = clean @ weights.T
     rows = np.arange(len(clean))
-    normals = weights[problem.labels][:, None, :] - weights[None]
-    dist = (logits[rows, problem.labels][:, None] - logits) / np.maximum(np.linalg.norm(normals, axis=2), 1e-12)
-    dist[rows, problem.labels] = np.inf
-    normal = -normals[rows, dist.argmin(axis=1)]
-    normal /= np.linalg.norm(normal, axis=1, keepdims=True)
+    normal = true_normals(problem).astype(np.float32)
     other = np.random.default_rng(0).standard_normal(normal.shape)
     other -= np.sum(other * normal, axis=1, keepdims=True) * normal
     other /= np.linalg.norm(other, axis=1, keepdims=True)

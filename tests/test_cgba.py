@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from test_attacks import NOISE_START, CountingModel, attack_ratios, linear_problem
+from test_attacks import NOISE_START, CountingModel, attack_ratios, linear_problem, true_normals
 
 from attacks import ATTACKS, BudgetedModel, create_attack
 from attacks.access.lattice import l2, quantize
@@ -16,19 +16,6 @@ from avc_common.images import to_unit
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 VARIANTS = ["cgba", "cgba_h"]
-
-
-def true_normals(problem) -> np.ndarray:
-    """Per image, the unit normal of the nearest pairwise hyperplane, pointing away from the image's class."""
-    weights = problem.model.net[1].weight.detach().numpy().astype(np.float64)
-    clean = to_unit(problem.images).reshape(len(problem.images), -1).astype(np.float64)
-    logits = clean @ weights.T
-    rows = np.arange(len(clean))
-    normals = weights[problem.labels][:, None, :] - weights[None]
-    dist = (logits[rows, problem.labels][:, None] - logits) / np.maximum(np.linalg.norm(normals, axis=2), 1e-12)
-    dist[rows, problem.labels] = np.inf
-    normal = -normals[rows, dist.argmin(axis=1)]
-    return normal / np.linalg.norm(normal, axis=1, keepdims=True)
 
 
 def test_cgba_is_registered_with_its_hyperparameters_shown():

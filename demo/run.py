@@ -198,7 +198,7 @@ def score(model: str, args: argparse.Namespace, settings: Settings, progress: Pr
     out = args.output / f"score-{model}"
     report = out / "results.json"
     name = f"score {model}"
-    if report.exists() and json.loads(report.read_text()).get("complete"):
+    if (read_json(report) or {}).get("complete"):
         verb = f"reusing {out}"
     else:
         port = free_port()

@@ -124,14 +124,15 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     step = args.step_size if args.step_size is not None else eps / 10
     # built before any attack runs: a recorded training epsilon of 0 is refused here, not after PGD
     cfg = autoattack.AutoAttackConfig(args.norm, eps, seed=args.seed) if args.attack == "autoattack" else None
+    rt = Runtime(device)
     start = time.perf_counter()
-    metrics = evaluate_accuracy(model, images, labels, Runtime(device), args.batch_size, eps, step,
+    metrics = evaluate_accuracy(model, images, labels, rt, args.batch_size, eps, step,
                                 args.steps, args.norm, tuple(args.losses), args.restarts,
                                 progress=args.progress)
     attack = {"norm": args.norm, "epsilon": eps, "step_size": step, "steps": args.steps,
               "restarts": args.restarts, "losses": args.losses}
     if cfg is not None:
-        metrics.update(autoattack.autoattack_accuracy(model, images, labels, Runtime(device), args.batch_size, cfg,
+        metrics.update(autoattack.autoattack_accuracy(model, images, labels, rt, args.batch_size, cfg,
                                                       data.num_classes, progress=args.progress))
         attack["autoattack"] = autoattack.config_record(cfg)
     return {"model": str(args.model), "dataset": info["dataset"], "arch": info["arch"],

@@ -187,8 +187,9 @@ def _with_eval_sizes(args: argparse.Namespace, announce: bool) -> argparse.Names
 
 def _runtime(args: argparse.Namespace) -> Runtime:
     cuda = args.device.type == "cuda"
-    bf16 = args.precision == "bf16" or (args.precision == "auto" and native_bf16(args.device))
-    if args.precision == "bf16" and not native_bf16(args.device):
+    native = native_bf16(args.device)
+    bf16 = args.precision == "bf16" or (args.precision == "auto" and native)
+    if args.precision == "bf16" and not native:
         print(f"warning: --precision bf16 on {args.device}, which has no native bf16: autocast emulates it, about "
               f"10x slower than --precision fp32", file=sys.stderr)
     channels_last = args.channels_last == "on" or (args.channels_last == "auto" and cuda)

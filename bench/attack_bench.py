@@ -1,12 +1,15 @@
 """Our label-only attacks against Foolbox 3's on the same model, images and per-image query budget.
 
-For each model (default: the naturally and the TRADES-trained Fashion-MNIST artifacts) the
+For each model (default: the naturally and the TRADES-trained Fashion-MNIST artifacts; ``natural-64``
+and ``trades-64`` are their 64x64x3 proxies of the competition's shape, :mod:`bench.targets`) the
 bench takes the first ``--images`` test images the model classifies correctly and attacks
 them with every method, each from scratch with ``--budget`` queries per image:
 
-- ours (``attacks/``): the Boundary Attack and HSJA at their defaults, all images in one
+- ours (``attacks/``): by default the Boundary Attack and HSJA at their defaults, and any attack of
+  the registry named in ``--methods`` (``geoda``, ``cgba``, ``prior_geoda``, ...), all images in one
   vectorised run behind a wrapper that counts model calls (the mean images per call is
-  what a server would see as its batch size);
+  what a server would see as its batch size); attacks that craft on surrogates get the
+  ``--surrogates`` that take the model's input shape;
 - Foolbox 3 (``foolbox==3.3.4``, bench-only) ``BoundaryAttack`` and ``HopSkipJumpAttack``,
   at their defaults and at settings tuned for this budget (:data:`FOOLBOX_TUNED`), run
   as docs/benchmarks.md "Comparing with Foolbox 3 fairly" says: one image at a time (its
@@ -45,20 +48,19 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from attacks import PRESETS, ArtifactModel, Attack, LabelOnlyModel, build_suite, create_attack, name_attacks
+from attacks import ATTACKS, PRESETS, ArtifactModel, Attack, LabelOnlyModel, build_attack, build_suite, name_attacks
 from attacks.access.lattice import l2
+from attacks.methods.suite import SURROGATE_ATTACKS, SuiteEntry
 from attacks.scoring.evaldata import first_correct
 from attacks.scoring.pipeline import SuiteRun
 from attacks.whitebox.reference import minimal_l2
 from avc_common.atomic import atomic_write_text
 from avc_common.cli import HelpFormatter
-from avc_common.data.fashion_mnist import FASHION_MNIST_DIR, load_fashion_split
+from avc_common.data.fashion_mnist import FASHION_MNIST_DIR
 from avc_common.images import to_uint8, to_unit
 from avc_common.tensors import to_hwc, to_model_input
+from bench.targets import MODELS, ROOT, fitting, input_shape, parse_models, test_split
 
-ROOT = Path(__file__).resolve().parent.parent
-MODELS = {"natural": ROOT / "runs/fmnist-natural/artifact", "trades": ROOT / "runs/fmnist-trades/artifact"}
-OURS = {"boundary": "boundary", "hsja": "hsja"}  # bench method -> attacks.ATTACKS name
 FOOLBOX = {"foolbox-boundary": "BoundaryAttack", "foolbox-boundary-tuned": "BoundaryAttack",
            "foolbox-hsja": "HopSkipJumpAttack", "foolbox-hsja-tuned": "HopSkipJumpAttack"}
 # Foolbox settings for a 1000-query budget, picked on held-out test images (16 from index 5000, e.g.
@@ -71,8 +73,9 @@ FOOLBOX_TUNED: dict[str, dict[str, dict[str, Any]]] = {
     "*": {"foolbox-boundary-tuned": {"spherical_step": 0.1},
           "foolbox-hsja-tuned": {"gamma": 100.0, "initial_gradient_eval_steps": 25}},
 }
-METHODS = [*OURS, *FOOLBOX, "suite", "whitebox"]
-SURROGATES = sorted(p.parent for p in ROOT.glob("runs/fmnist-surrogate*/artifact/manifest.json"))
+METHODS = [*ATTACKS, *FOOLBOX, "suite", "whitebox"]  # ours: any registered attack, at its defaults
+DEFAULT_METHODS = ["boundary", "hsja", *FOOLBOX, "suite", "whitebox"]
+SURROGATES = sorted(p.parent for p in ROOT.glob("runs/fmnist*-surrogate*/artifact/manifest.json"))
 
 
 def log(message: str) -> None:
@@ -243,15 +246,18 @@ def run_whitebox(net: Callable[[torch.Tensor], torch.Tensor], images: np.ndarray
                   np.zeros(len(images), dtype=np.int64), time.perf_counter() - start)
 
 
-def bench_model(name: str, art_dir: Path, images: np.ndarray, labels: np.ndarray,
-                args: argparse.Namespace) -> dict[str, Any]:
+def bench_model(name: str, art_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
     model = ArtifactModel(art_dir)
+    shape = model.info.shape
+    images, labels = test_split(args.data, shape)
     picked = first_correct(model, images, labels, args.offset, args.images)
     x, y = images[picked], labels[picked]
-    log(f"{name}: {art_dir}, test images {picked[0]}..{picked[-1]} ({len(picked)} correctly classified)")
+    surrogates = fitting(args.surrogates, shape)
+    log(f"{name}: {art_dir}, test images {picked[0]}..{picked[-1]} ({len(picked)} correctly classified), "
+        f"{len(surrogates)} surrogate(s) of its shape")
     results: list[Result] = []
-    for method in (m for m in args.methods if m in OURS):  # one run each: the same seed whatever else runs
-        attack = create_attack(OURS[method], **settings_for(method, name, args.set))
+    for method in (m for m in args.methods if m in ATTACKS):  # one run each: the same seed whatever else runs
+        attack = build_attack(SuiteEntry(method, settings_for(method, name, args.set)), surrogates)
         results += run_ours({method: attack}, model, x, y, args.budget, args.seed)
     ours_results = list(results)
     for method in (m for m in args.methods if m in FOOLBOX):
@@ -259,7 +265,7 @@ def bench_model(name: str, art_dir: Path, images: np.ndarray, labels: np.ndarray
                                    model.info.num_classes, x, y, args.budget, args.seed))
     starts = None
     if "suite" in args.methods:
-        members = run_ours(suite_attacks(args.preset, args.surrogates), model, x, y, args.budget, args.seed)
+        members = run_ours(suite_attacks(args.preset, surrogates), model, x, y, args.budget, args.seed)
         suite = suite_min(f"{args.preset} (min)", members)
         results += [*members, suite]
         ours_results += members
@@ -325,19 +331,6 @@ def to_json(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             for run in runs]
 
 
-def parse_models(text: str) -> dict[str, Path]:
-    """``natural,trades`` or ``NAME=ARTIFACT_DIR`` entries."""
-    models = {}
-    for entry in filter(None, (e.strip() for e in text.split(","))):
-        name, _, path = entry.partition("=")
-        if not path and name not in MODELS:
-            raise ValueError(f"unknown model {name!r}: use one of {', '.join(MODELS)} or NAME=ARTIFACT_DIR")
-        models[name] = Path(path) if path else MODELS[name]
-    if not models:
-        raise ValueError("no models given")
-    return models
-
-
 def parse_sets(entries: list[str]) -> dict[str, dict[str, Any]]:
     """``METHOD.KEY=VALUE`` entries (VALUE a Python literal, else a string) as per-method settings."""
     out: dict[str, dict[str, Any]] = {}
@@ -360,17 +353,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models", default="natural,trades",
                    help=f"comma-separated: {', '.join(f'{k} ({v.relative_to(ROOT)})' for k, v in MODELS.items())}, "
                         f"or NAME=ARTIFACT_DIR")
-    p.add_argument("--data", type=Path, default=FASHION_MNIST_DIR, help="Fashion-MNIST folder (IDX files)")
+    p.add_argument("--data", type=Path, default=FASHION_MNIST_DIR,
+                   help="Fashion-MNIST folder (IDX files), read at each model's shape (28x28x1 or the 64x64x3 proxy)")
     p.add_argument("--images", type=int, default=100, help="attack the first this many correctly classified "
                                                            "test images (per model)")
     p.add_argument("--offset", type=int, default=0, help="first test image considered (tune on a later range)")
     p.add_argument("--budget", type=int, default=1000, help="queries per image, for every method")
-    p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {', '.join(METHODS)}")
+    p.add_argument("--methods", default=",".join(DEFAULT_METHODS),
+                   help=f"comma-separated: any of {', '.join(METHODS)}")
     p.add_argument("--skip-foolbox", action="store_true", help="leave out the Foolbox methods")
     p.add_argument("--preset", default="top5", help=f"the suite (attacks.PRESETS: {', '.join(PRESETS) or 'none yet'})")
     p.add_argument("--surrogates", default=",".join(map(str, SURROGATES)),
-                   help="comma-separated surrogate artifact folders for the suite's attacks that use them "
-                        "(every runs/fmnist-surrogate*/artifact by default; empty: none)")
+                   help="comma-separated surrogate artifact folders for the attacks that use them; each model gets "
+                        "those of its input shape (every runs/fmnist*-surrogate*/artifact by default; empty: none)")
     p.add_argument("--whitebox-steps", type=int, default=1000, help="FMN steps per run of the white-box reference")
     p.add_argument("--set", action="append", default=[], metavar="METHOD.KEY=VALUE",
                    help="override one setting of a method (repeatable), e.g. foolbox-hsja-tuned.gamma=100 or "
@@ -398,16 +393,19 @@ def main(argv: list[str] | None = None) -> int:
         if "suite" in args.methods and args.preset not in PRESETS:
             raise ValueError(f"--preset: unknown {args.preset!r}; choose one of "
                              f"{', '.join(PRESETS) or '(none defined)'} or leave out the suite (--methods)")
-        if missing := [f"{name} ({path})" for name, path in models.items() if not (path / "manifest.json").is_file()]:
-            raise ValueError(f"no model artifact at {', '.join(missing)}: train it (docs/training.md) or pass "
-                             f"NAME=ARTIFACT_DIR")
+        for name, path in models.items():  # every model's data and surrogates exist, before any work
+            shape = input_shape(path)
+            test_split(args.data, shape)
+            needs = sorted(m for m in args.methods if m in SURROGATE_ATTACKS)
+            if needs and not fitting(args.surrogates, shape):
+                raise ValueError(f"{', '.join(needs)} craft on surrogates, and none of --surrogates takes model "
+                                 f"{name}'s {' x '.join(map(str, shape))} images")
         if any(m in FOOLBOX for m in args.methods):
             try:
                 import foolbox
             except ImportError:
                 raise ValueError("foolbox is not installed (a bench-only dependency): "
                                  "pip install foolbox==3.3.4, or pass --skip-foolbox") from None
-        test_images, test_labels = load_fashion_split(args.data, "test")
     except ValueError as err:  # DatasetLayoutError is one
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -422,7 +420,7 @@ def main(argv: list[str] | None = None) -> int:
         machine += f", foolbox {foolbox.__version__}"
     log(f"machine: {machine}")
     try:
-        runs = [bench_model(name, path, test_images, test_labels, args) for name, path in models.items()]
+        runs = [bench_model(name, path, args) for name, path in models.items()]
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

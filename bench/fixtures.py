@@ -28,9 +28,9 @@ from PIL import Image
 
 from avc_common.atomic import atomic_open, atomic_write_text
 from avc_common.cli import HelpFormatter, non_negative_int, positive_int
+from avc_common.data.fashion_mnist import FASHION_SHAPE
 
 TINY_SHAPE = (64, 64, 3)
-FASHION_SHAPE = (28, 28, 1)
 FASHION_CLASSES = 10
 JPEG_QUALITY = 90  # the classes' gratings survive it; the published set's JPEGs are lossy too
 

@@ -4,12 +4,14 @@ Each candidate runs on a fresh :class:`attacks.BudgetedModel` (its own ``--budge
 queries per image, as the scorer runs a suite), all images in one vectorised run. A
 suite's distance for an image is the minimum over its attacks, so the best suites
 combine attacks that win on different images; subsets are ranked by the geometric mean,
-over the models, of their median distance. The presets in ``attacks/methods/suite.py`` were
-chosen with::
+over the models, of their median distance. Models are names of :data:`bench.targets.MODELS`
+(Fashion-MNIST at 28x28x1, and ``natural-64``/``trades-64`` on its 64x64x3 proxy of the
+competition's shape) or ``NAME=ARTIFACT_DIR``; each reads the test images at its own shape and
+its surrogate attacks get the ``--surrogates`` of that shape. The presets in
+``attacks/methods/suite.py`` were chosen with the commands of docs/benchmarks.md "Choosing the
+top5 preset", e.g.::
 
-    S=runs/fmnist-surrogate-pgd/artifact,runs/fmnist-surrogate-natural/artifact
-    for s in 1 2 3 4; do S=$S,runs/fmnist-surrogate-natural8-s$s/artifact; done
-    python bench/presets.py --json presets.json --surrogates $S
+    python bench/presets.py --json runs/presets-28.json --models natural,trades --surrogates $S
 
 Rerunning with the same ``--json`` skips the candidates already measured there.
 Exit codes: 0 done, 2 bad input.
@@ -29,17 +31,20 @@ import torch
 from tqdm import tqdm
 
 from attacks import PRESETS, ArtifactModel, BudgetedModel, SuiteEntry, build_attack
-from attacks.methods.suite import TRANSFER_BIASED
+from attacks.methods.suite import CGBA, PRIOR_GEODA, TRANSFER_BIASED
 from attacks.scoring.evaldata import first_correct
 from avc_common.atomic import atomic_write_text
 from avc_common.cli import HelpFormatter
-from training.data import FASHION_MNIST_DIR, load_fashion_mnist
+from avc_common.data.fashion_mnist import FASHION_MNIST_DIR
+from bench.targets import MODELS, fitting, input_shape, parse_models, test_split
 
-ROOT = Path(__file__).resolve().parent.parent
-MODELS = {"natural": ROOT / "runs/fmnist-natural/artifact", "trades": ROOT / "runs/fmnist-trades/artifact"}
-# label -> attack; surrogate attacks (nested ones too) get --surrogates
+# label -> attack; surrogate attacks (nested ones too) get the --surrogates of the model's shape
 CANDIDATES: dict[str, SuiteEntry] = {
     "geoda": SuiteEntry("geoda"),
+    "geoda-0.25": SuiteEntry("geoda", {"freq": 0.25}),
+    "cgba": CGBA,
+    "cgba-h": SuiteEntry("cgba", {"variant": "cgba_h"}),
+    "prior_geoda": PRIOR_GEODA,
     "boundary": SuiteEntry("boundary"),
     "hsja": SuiteEntry("hsja"),
     "hsja-lowfreq": SuiteEntry("hsja", {"freq": 0.5}),
@@ -50,6 +55,7 @@ CANDIDATES: dict[str, SuiteEntry] = {
     "transfer-lines-only": SuiteEntry("transfer", {"refine": None}),
     "transfer-biased": SuiteEntry("transfer", {"refine": SuiteEntry("biased_boundary")}),
     "transfer-biased-robust": TRANSFER_BIASED,
+    "transfer-cgba": SuiteEntry("transfer", {"refine": CGBA}),
 }
 
 
@@ -65,7 +71,7 @@ class CallCounter:
         return self.model(images)
 
 
-def run_candidate(entry: SuiteEntry, surrogates: tuple[str, ...], net: ArtifactModel, images: np.ndarray,
+def run_candidate(entry: SuiteEntry, surrogates: list[str], net: ArtifactModel, images: np.ndarray,
                   labels: np.ndarray, budget: int, seed: int) -> dict[str, Any]:
     """One attack alone on a fresh ledger: per-image distances, queries, wall time, images per model call."""
     counter = CallCounter(net)
@@ -92,39 +98,47 @@ def best_suites(results: dict[str, dict[str, dict[str, Any]]], size: int, top: i
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=HelpFormatter)
-    p.add_argument("--models", default="natural,trades", help=f"comma-separated subset of {', '.join(MODELS)}")
-    p.add_argument("--data", type=Path, default=FASHION_MNIST_DIR, help="Fashion-MNIST folder (IDX files)")
+    p.add_argument("--models", default="natural,trades",
+                   help=f"comma-separated: any of {', '.join(MODELS)} (runs/ folders, docs/benchmarks.md), or "
+                        f"NAME=ARTIFACT_DIR")
+    p.add_argument("--data", type=Path, default=FASHION_MNIST_DIR,
+                   help="Fashion-MNIST folder (IDX files), read at each model's shape (28x28x1 or the 64x64x3 proxy)")
     p.add_argument("--images", type=int, default=100, help="correctly classified test images per model")
     p.add_argument("--offset", type=int, default=5000,
                    help="first test image considered (bench/attack_bench.py reports on those from 0)")
     p.add_argument("--budget", type=int, default=1000, help="queries per image for each candidate")
     p.add_argument("--candidates", default=",".join(CANDIDATES), help="comma-separated subset of the candidates")
     p.add_argument("--surrogates", default="",
-                   help="comma-separated surrogate artifact folders for transfer and biased_boundary (none: skip them)")
+                   help="comma-separated surrogate artifact folders for the candidates that craft on surrogates; each "
+                        "model gets those of its input shape (none of its shape: those candidates are skipped for it)")
     p.add_argument("--seed", type=int, default=0, help="seed of every candidate's generator")
     p.add_argument("--json", type=Path, required=True, help="results (per-image distances); reused on a rerun")
     args = p.parse_args(argv)
-    models, candidates = args.models.split(","), args.candidates.split(",")
-    surrogates = tuple(s for s in args.surrogates.split(",") if s)
-    unknown = [m for m in models if m not in MODELS] + [c for c in candidates if c not in CANDIDATES]
-    if unknown:
-        print(f"error: unknown model(s) or candidate(s) {unknown}; models: {list(MODELS)}, "
-              f"candidates: {list(CANDIDATES)}", file=sys.stderr)
+    candidates = [c.strip() for c in args.candidates.split(",") if c.strip()]
+    try:
+        models = parse_models(args.models)
+        if unknown := [c for c in candidates if c not in CANDIDATES]:
+            raise ValueError(f"unknown candidate(s) {', '.join(unknown)}; choose from {', '.join(CANDIDATES)}")
+        all_surrogates = [s for s in args.surrogates.split(",") if s]
+        if missing := [s for s in all_surrogates if not (Path(s) / "manifest.json").is_file()]:
+            raise ValueError(f"--surrogates: no model artifact at {', '.join(missing)}")
+        shapes = {m: input_shape(path) for m, path in models.items()}
+        data = {m: test_split(args.data, shape) for m, shape in shapes.items()}  # DatasetLayoutError is a ValueError
+        surrogates = {m: fitting(all_surrogates, shape) for m, shape in shapes.items()}
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
         return 2
-    if not surrogates:
-        candidates = [c for c in candidates if not CANDIDATES[c].needs_surrogates]
     torch.set_num_threads(1)
-    data = load_fashion_mnist(args.data)
     results: dict[str, dict[str, Any]] = json.loads(args.json.read_text()) if args.json.is_file() else {}
-    todo = [(m, c) for m in models for c in candidates if c not in results.get(m, {})]
-    nets = {m: ArtifactModel(MODELS[m]) for m in dict.fromkeys(m for m, _ in todo)}
-    picked = {m: first_correct(net, data.test_images, data.test_labels, args.offset, args.images)
-              for m, net in nets.items()}
+    todo = [(m, c) for m in models for c in candidates if c not in results.get(m, {})
+            and (surrogates[m] or not CANDIDATES[c].needs_surrogates)]
+    nets = {m: ArtifactModel(models[m]) for m in dict.fromkeys(m for m, _ in todo)}
+    picked = {m: first_correct(net, *data[m], args.offset, args.images) for m, net in nets.items()}
     for model_name, label in tqdm(todo, desc="candidates", file=sys.stderr):
-        rows = picked[model_name]
-        results.setdefault(model_name, {})[label] = run_candidate(CANDIDATES[label], surrogates, nets[model_name],
-                                                                  data.test_images[rows], data.test_labels[rows],
-                                                                  args.budget, args.seed)
+        images, labels = (a[picked[model_name]] for a in data[model_name])
+        results.setdefault(model_name, {})[label] = run_candidate(CANDIDATES[label], surrogates[model_name],
+                                                                  nets[model_name], images, labels, args.budget,
+                                                                  args.seed)
         atomic_write_text(args.json, json.dumps(results) + "\n")
     print(f"{'model':8} {'candidate':22} {'median':>7} {'mean':>7} {'wall_s':>7} {'img/call':>8}")
     for model_name in models:

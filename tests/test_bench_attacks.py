@@ -41,6 +41,32 @@ def test_bench_runs_our_attacks_within_budget_and_reports_goals(bench, fmnist_di
     assert capsys.readouterr().out.splitlines()[-1].startswith("tiny mean images per model call: ")
 
 
+def test_bench_runs_registry_attacks_on_the_64x64x3_proxy_with_surrogates_of_its_shape(bench, fmnist_dir, tmp_path):
+    """Any registered attack is a method; a 64x64x3 model reads the proxy images and gets only 64x64x3 surrogates."""
+    art = make_artifact(tmp_path / "art64", shape=(64, 64, 3))
+    surrogates = [make_artifact(tmp_path / "sur28", seed=1),
+                  make_artifact(tmp_path / "sur64", seed=1, shape=(64, 64, 3))]
+    out = tmp_path / "bench.json"
+    rc = bench.main(["--models", f"proxy={art}", "--data", str(fmnist_dir), "--images", "2", "--budget", "40",
+                     "--methods", "cgba,prior_geoda", "--surrogates", ",".join(map(str, surrogates)),
+                     "--json", str(out)])
+    assert rc == 0
+    methods = json.loads(out.read_text())["models"][0]["methods"]
+    assert set(methods) == {"cgba", "prior_geoda"}
+    assert str(surrogates[1]) in methods["prior_geoda"]["settings"] and str(surrogates[0]) not in \
+        methods["prior_geoda"]["settings"]
+    for result in methods.values():
+        assert max(result["queries"]) <= 40 and result["unverified"] == 0
+        assert all(d is not None and d > 0 for d in result["distances"])
+
+
+def test_bench_refuses_surrogate_attacks_without_surrogates_of_the_models_shape(bench, fmnist_dir, tmp_path, capsys):
+    art = make_artifact(tmp_path / "art64", shape=(64, 64, 3))
+    rc = bench.main(["--models", f"proxy={art}", "--data", str(fmnist_dir), "--methods", "prior_geoda",
+                     "--surrogates", str(make_artifact(tmp_path / "sur28"))])
+    assert rc == 2 and "none of --surrogates takes model proxy's 64 x 64 x 3 images" in capsys.readouterr().err
+
+
 def test_bench_rejects_unknown_models_and_methods(bench, fmnist_dir):
     assert bench.main(["--models", "nosuch", "--data", str(fmnist_dir)]) == 2
     assert bench.main(["--models", "natural", "--methods", "nosuch", "--data", str(fmnist_dir)]) == 2

@@ -39,17 +39,24 @@ class ImageDataset:
         return len(self.class_names)
 
 
-def load_fashion_mnist(root: str | Path | None = None, download: bool = False) -> ImageDataset:
-    """Fashion-MNIST from its IDX files (Debian's package by default; torchvision downloads if asked)."""
+def load_fashion_mnist(root: str | Path | None = None, download: bool = False, proxy: bool = False) -> ImageDataset:
+    """Fashion-MNIST from its IDX files (Debian's package by default; torchvision downloads if asked); with
+    ``proxy``, as the 64x64x3 proxy of the competition's shape (:func:`avc_common.data.fashion_mnist.as_proxy`)."""
     root = Path(root) if root is not None else FASHION_MNIST_DIR
     if download:
         from torchvision.datasets import FashionMNIST
         for train in (True, False):
             FashionMNIST(str(root), train=train, download=True)
-    train_x, train_y = load_fashion_split(root, "train")
-    test_x, test_y = load_fashion_split(root, "test")
-    return ImageDataset("fashion_mnist", train_x, train_y, test_x, test_y,
-                        FASHION_MNIST_CLASSES, (0.2860,), (0.3530,))
+    train_x, train_y = load_fashion_split(root, "train", proxy=proxy)
+    test_x, test_y = load_fashion_split(root, "test", proxy=proxy)
+    channels = train_x.shape[-1]
+    return ImageDataset("fashion_mnist_64" if proxy else "fashion_mnist", train_x, train_y, test_x, test_y,
+                        FASHION_MNIST_CLASSES, (0.2860,) * channels, (0.3530,) * channels)
+
+
+def load_fashion_mnist_64(root: str | Path | None = None, download: bool = False) -> ImageDataset:
+    """The 64x64x3 proxy of the competition's shape: Fashion-MNIST upsampled (bilinear), grey in three channels."""
+    return load_fashion_mnist(root, download, proxy=True)
 
 
 def load_tiny(root: str | Path | None = None, download: bool = False) -> ImageDataset:
@@ -68,6 +75,7 @@ def load_tiny(root: str | Path | None = None, download: bool = False) -> ImageDa
 
 DATASETS: dict[str, Callable[..., ImageDataset]] = {
     "fashion_mnist": load_fashion_mnist,
+    "fashion_mnist_64": load_fashion_mnist_64,
     "tiny_imagenet": load_tiny,
 }
 

@@ -97,11 +97,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="a model artifact folder, run in-process; also computes the white-box reference")
     d = p.add_argument_group("data")
     d.add_argument("--dataset", choices=DATASETS, default=None,
-                   help="what --data holds: the Fashion-MNIST test set, the Tiny ImageNet val set, or a "
+                   help="what --data holds: the Fashion-MNIST test set (fashion_mnist_64: as the 64x64x3 proxy of "
+                        "the competition's shape, docs/scoring.md), the Tiny ImageNet val set, or a "
                         "competition-format folder of .npy uint8 H x W x C images with labels.yml (default: "
                         "folder if --data is given, else fashion_mnist)")
-    add_data(d, "the data set's folder (fashion_mnist: default /usr/share/datasets/fashion-mnist; tiny_imagenet: "
-                "the folder with wnids.txt and val/; folder: the .npy files and labels.yml)")
+    add_data(d, "the data set's folder (fashion_mnist, fashion_mnist_64: default /usr/share/datasets/fashion-mnist; "
+                "tiny_imagenet: the folder with wnids.txt and val/; folder: the .npy files and labels.yml)")
     d.add_argument("--images", metavar="N", type=positive_int, default=None,
                    help=f"how many images to score (default: {DEFAULT_IMAGES}, or all if the data holds fewer)")
     d.add_argument("--sample", choices=SAMPLING, default="first",

@@ -16,7 +16,8 @@ from avc_common.data.evalset import EvalSet
 from avc_common.data.fashion_mnist import FASHION_MNIST_DIR, load_fashion_split
 from avc_common.data.tiny_imagenet import DatasetLayoutError, load_tiny_imagenet
 
-DATASETS = ("fashion_mnist", "tiny_imagenet", "folder")  # what a score's --data folder holds (--dataset)
+# what a score's --data folder holds (--dataset)
+DATASETS = ("fashion_mnist", "fashion_mnist_64", "tiny_imagenet", "folder")
 SAMPLING = ("first", "random")
 
 
@@ -28,7 +29,8 @@ def load_eval_data(dataset: str, data: Path | None, shape: tuple[int, int, int],
                    progress: bool = True) -> EvalSet:
     """The labelled images of ``dataset`` (one of :data:`DATASETS`) read from the folder ``data``.
 
-    ``data`` may be None for Fashion-MNIST only (Debian's package folder); Tiny ImageNet needs
+    ``data`` may be None for Fashion-MNIST only (Debian's package folder; ``fashion_mnist_64`` is its 64x64x3
+    proxy, :func:`avc_common.data.fashion_mnist.as_proxy`); Tiny ImageNet needs
     the folder holding ``wnids.txt`` and ``val/``, ``folder`` the competition-format folder.
     """
     if dataset == "folder":
@@ -39,8 +41,8 @@ def load_eval_data(dataset: str, data: Path | None, shape: tuple[int, int, int],
             raise EvalDataError("\n".join(f"  {p}" for p in problems))
         return evalset.load_folder(data)
     try:
-        if dataset == "fashion_mnist":
-            images, labels = load_fashion_split(data or FASHION_MNIST_DIR, "test")
+        if dataset in ("fashion_mnist", "fashion_mnist_64"):
+            images, labels = load_fashion_split(data or FASHION_MNIST_DIR, "test", proxy=dataset == "fashion_mnist_64")
             names = [f"test-{i}" for i in range(len(images))]
         else:
             if data is None:

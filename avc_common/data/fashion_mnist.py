@@ -9,6 +9,7 @@ import gzip
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from avc_common.data.tiny_imagenet import DatasetLayoutError
 
@@ -45,11 +46,33 @@ def _find_idx(root: Path, stem: str) -> Path:
         f"or add --download to training where a network exists")
 
 
-def load_fashion_split(root: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """The ``split`` ("train" or "test") images (uint8 N x 28 x 28 x 1) and labels (int64 N) in ``root``."""
+FASHION_SHAPE = (28, 28, 1)
+PROXY_SHAPE = (64, 64, 3)  # the competition's input shape, for the 64x64x3 proxy (:func:`as_proxy`)
+
+
+def as_proxy(images: np.ndarray, size: int = PROXY_SHAPE[0], chunk: int = 4096) -> np.ndarray:
+    """Fashion-MNIST images (uint8 N x 28 x 28 x 1) as the 64x64x3 proxy: bilinear upsampling, grey replicated.
+
+    The competition's images have 12,288 dimensions, Fashion-MNIST's 784; label-only attacks search the
+    input space, so choices measured at 784 need checking at 12,288. This proxy has the competition's
+    shape with a data set this machine holds, and its content is still 28 x 28 (as real images are
+    smoother than their pixel count). Deterministic, so training and scoring see the same pixels.
+    """
+    out = np.empty((len(images), size, size, 3), dtype=np.uint8)
+    for start in range(0, len(images), chunk):
+        x = torch.from_numpy(images[start:start + chunk]).permute(0, 3, 1, 2).float()
+        x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+        out[start:start + chunk] = x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    return out
+
+
+def load_fashion_split(root: Path, split: str, proxy: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """The ``split`` ("train" or "test") images (uint8 N x 28 x 28 x 1, or N x 64 x 64 x 3 with ``proxy``:
+    :func:`as_proxy`) and labels (int64 N) in ``root``."""
     image_stem, label_stem = _IDX_FILES[split]
     images, labels = read_idx(_find_idx(root, image_stem)), read_idx(_find_idx(root, label_stem))
     if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
         raise DatasetLayoutError(f"{root}: {split} images {images.shape} and labels {labels.shape} "
                                  f"do not pair up (expected N x 28 x 28 and N)")
-    return images[..., None], labels.astype(np.int64)
+    images = images[..., None]
+    return (as_proxy(images) if proxy else images), labels.astype(np.int64)

@@ -304,6 +304,24 @@ def figures(run: dict[str, Any], preset: str) -> list[tuple[str, float]]:
     return [(f"{run['name']} {label}", value) for label, value in out]
 
 
+def gap(run: dict[str, Any], preset: str, worst: int = 5) -> dict[str, Any] | None:
+    """Where the suite is farthest from the white-box reference: the per-image ratio's quantiles, how often each
+    member won on the images with the largest ratios, and those images (test index, both distances, ratio)."""
+    by_name = {r.method: r for r in run["results"]}
+    suite, whitebox = by_name.get(f"{preset} (min)"), by_name.get("whitebox")
+    if suite is None or whitebox is None:
+        return None
+    ratio = suite.distances / whitebox.distances
+    order = np.argsort(-ratio)
+    members = [r for r in run["results"] if r.method.startswith(f"{preset}:")]
+    winner = np.array([m.distances for m in members]).argmin(axis=0)
+    top = order[:max(len(ratio) // 4, 1)]
+    return {"ratio_quantiles": {f"p{q}": float(np.quantile(ratio, q / 100)) for q in (10, 25, 50, 75, 90)},
+            "winners_in_worst_quarter": {m.method: int(np.sum(winner[top] == i)) for i, m in enumerate(members)},
+            "worst": [{"test_index": int(run["indices"][i]), "suite": float(suite.distances[i]),
+                       "whitebox": float(whitebox.distances[i]), "ratio": float(ratio[i])} for i in order[:worst]]}
+
+
 def table(runs: list[dict[str, Any]]) -> str:
     lines = ["| model | method | median L2 | mean L2 (fooled) | fooled | queries/image (max) | wall s | images/call |",
              "|---|---|---|---|---|---|---|---|"]
@@ -429,11 +447,19 @@ def main(argv: list[str] | None = None) -> int:
           f"per model (first correctly classified from index {args.offset}), seed {args.seed}; {machine}")
     print(table(runs))
     lines = [line for run in runs for line in figures(run, args.preset)]
+    gaps = {run["name"]: found for run in runs if (found := gap(run, args.preset)) is not None}
+    for name, found in gaps.items():
+        quantiles = ", ".join(f"{q} {v:.2f}" for q, v in found["ratio_quantiles"].items())
+        print(f"\n{name}: suite/whitebox per image: {quantiles}; wins in the worst quarter: "
+              + ", ".join(f"{m} {c}" for m, c in found["winners_in_worst_quarter"].items()))
+        print("  worst: " + "; ".join(f"test {w['test_index']} {w['suite']:.3f}/{w['whitebox']:.3f} = "
+                                      f"{w['ratio']:.2f}" for w in found["worst"]))
     unverified = sum(r.extra["unverified"] for run in runs for r in run["results"])
     if args.json:
         atomic_write_text(args.json, json.dumps({
             "machine": machine, "command": shlex.join(["python", "bench/attack_bench.py", *argv]),
-            "args": vars(args), "models": to_json(runs), "figures": dict(lines)}, indent=2, default=str) + "\n")
+            "args": vars(args), "models": to_json(runs), "figures": dict(lines), "gaps": gaps},
+            indent=2, default=str) + "\n")
     if unverified:
         print(f"\n{unverified} reported adversarial(s) failed re-verification")
     print()

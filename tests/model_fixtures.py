@@ -18,19 +18,21 @@ SHAPE = (28, 28, 1)
 def make_artifact(out_dir: Path, training: dict | None = None, seed: int = 0,
                   shape: tuple[int, int, int] = SHAPE) -> Path:
     """The small CNN, untrained, biases zeroed so that random images get varied labels; ``training`` goes in the
-    manifest (default: a TRADES model), ``seed`` draws the weights, ``shape`` is its input (H, W, C).
+    manifest (default: a TRADES model), ``seed`` draws the weights, ``shape`` is its input (H, W, C): 28x28 takes
+    the small CNN, 64x64 the proxy's.
 
     (An untrained net with biases answers one class for everything; without them some
     logit margins are near 1e-6, which makes batching-determinism tests sharp.)
     """
     torch.manual_seed(seed)
-    net = create_model("small_cnn", 10, shape[2], [0.3] * shape[2], [0.4] * shape[2]).eval()
+    arch = "small_cnn" if shape[:2] == SHAPE[:2] else "small_cnn_64"
+    net = create_model(arch, 10, shape[2], [0.3] * shape[2], [0.4] * shape[2]).eval()
     with torch.no_grad():
         for layer in net.modules():
             if isinstance(layer, (torch.nn.Conv2d, torch.nn.Linear)):
                 layer.bias.zero_()
     return save_artifact(net, out_dir, input_shape=shape, class_names=[f"c{i}" for i in range(10)],
-                         arch="small_cnn", dataset="fashion_mnist", training=training or {"loss": "trades"}, metrics={})
+                         arch=arch, dataset="fashion_mnist", training=training or {"loss": "trades"}, metrics={})
 
 
 class LiveServer:

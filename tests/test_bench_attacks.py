@@ -36,6 +36,10 @@ def test_bench_runs_our_attacks_within_budget_and_reports_goals(bench, fmnist_di
     suite = methods["top5 (min)"]["distances"]
     assert suite == [min(methods[m]["distances"][i] for m in members) for i in range(2)]
     assert all(w <= d + 1e-9 for w, d in zip(methods["whitebox"]["distances"], suite))  # it refines the suite's points
+    gaps = report["gaps"]["tiny"]  # where the suite is farthest from the reference
+    assert gaps["ratio_quantiles"]["p10"] <= gaps["ratio_quantiles"]["p90"] and len(gaps["worst"]) == 2
+    assert gaps["worst"][0]["ratio"] >= gaps["worst"][1]["ratio"] >= 1 - 1e-9
+    assert sum(gaps["winners_in_worst_quarter"].values()) == 1
     # without Foolbox, the goals against it are left out
     assert set(report["figures"]) == {"tiny suite/whitebox median ratio", "tiny mean images per model call"}
     assert capsys.readouterr().out.splitlines()[-1].startswith("tiny mean images per model call: ")
@@ -43,9 +47,9 @@ def test_bench_runs_our_attacks_within_budget_and_reports_goals(bench, fmnist_di
 
 def test_bench_runs_registry_attacks_on_the_64x64x3_proxy_with_surrogates_of_its_shape(bench, fmnist_dir, tmp_path):
     """Any registered attack is a method; a 64x64x3 model reads the proxy images and gets only 64x64x3 surrogates."""
-    art = make_artifact(tmp_path / "art64", shape=(64, 64, 3))
-    surrogates = [make_artifact(tmp_path / "sur28", seed=1),
-                  make_artifact(tmp_path / "sur64", seed=1, shape=(64, 64, 3))]
+    art = make_artifact(tmp_path / "art64", seed=1, shape=(64, 64, 3))  # seed 1: some images right
+    surrogates = [make_artifact(tmp_path / "sur28", seed=2),
+                  make_artifact(tmp_path / "sur64", seed=2, shape=(64, 64, 3))]
     out = tmp_path / "bench.json"
     rc = bench.main(["--models", f"proxy={art}", "--data", str(fmnist_dir), "--images", "2", "--budget", "40",
                      "--methods", "cgba,prior_geoda", "--surrogates", ",".join(map(str, surrogates)),
@@ -61,7 +65,7 @@ def test_bench_runs_registry_attacks_on_the_64x64x3_proxy_with_surrogates_of_its
 
 
 def test_bench_refuses_surrogate_attacks_without_surrogates_of_the_models_shape(bench, fmnist_dir, tmp_path, capsys):
-    art = make_artifact(tmp_path / "art64", shape=(64, 64, 3))
+    art = make_artifact(tmp_path / "art64", seed=1, shape=(64, 64, 3))  # seed 1: some images right
     rc = bench.main(["--models", f"proxy={art}", "--data", str(fmnist_dir), "--methods", "prior_geoda",
                      "--surrogates", str(make_artifact(tmp_path / "sur28"))])
     assert rc == 2 and "none of --surrogates takes model proxy's 64 x 64 x 3 images" in capsys.readouterr().err

@@ -12,8 +12,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_presets_measures_candidates_on_both_shapes_and_reuses_its_json(fmnist_dir, tmp_path, capsys):
-    small, proxy = make_artifact(tmp_path / "m28"), make_artifact(tmp_path / "m64", shape=(64, 64, 3))
-    surrogate = make_artifact(tmp_path / "s64", seed=1, shape=(64, 64, 3))
+    small, proxy = make_artifact(tmp_path / "m28"), make_artifact(tmp_path / "m64", seed=1, shape=(64, 64, 3))
+    surrogate = make_artifact(tmp_path / "s64", seed=2, shape=(64, 64, 3))
     out = tmp_path / "presets.json"
     args = ["--models", f"small={small},proxy={proxy}", "--data", str(fmnist_dir), "--offset", "0", "--images", "2",
             "--budget", "30", "--candidates", "geoda,cgba,prior_geoda", "--surrogates", str(surrogate),

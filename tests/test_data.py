@@ -15,6 +15,7 @@ from avc_common.data.fashion_mnist import read_idx
 from avc_common.data.tiny_imagenet import DatasetLayoutError
 from training.augment import AUGMENTATIONS
 from training.data import load_dataset
+from training.models import create_model
 
 
 def test_fashion_mnist_fixture_loads_hwc_uint8(fmnist_dir):
@@ -25,6 +26,18 @@ def test_fashion_mnist_fixture_loads_hwc_uint8(fmnist_dir):
     # the fixture marks the class with a bright band at row 2*label+3
     rows = data.train_images[:, :, 10, 0].argmax(1)
     assert np.array_equal(rows, 2 * data.train_labels + 3)
+
+
+def test_the_64x64x3_proxy_is_the_same_images_upsampled_and_a_small_cnn_takes_it(fmnist_dir):
+    """The proxy of the competition's shape: each grey image bilinearly upsampled, in three equal channels."""
+    small, proxy = load_dataset("fashion_mnist", fmnist_dir), load_dataset("fashion_mnist_64", fmnist_dir)
+    assert proxy.input_shape == (64, 64, 3) and proxy.train_images.dtype == np.uint8 and len(proxy.mean) == 3
+    assert np.array_equal(proxy.train_labels, small.train_labels)
+    assert np.array_equal(proxy.test_images[..., 0], proxy.test_images[..., 2])
+    rows = proxy.train_images[:, :, 32, 0].argmax(1)  # the class's bright band (row 2*label+3), scaled by 64/28
+    assert np.all(np.abs(rows - (2 * small.train_labels + 3.5) * 64 / 28) <= 1.5)
+    net = create_model("small_cnn_64", 10, 3, proxy.mean, proxy.std)
+    assert net(torch.rand(2, 3, 64, 64)).shape == (2, 10)
 
 
 def test_idx_reader_reads_plain_and_rejects_garbage(tmp_path, fmnist_dir):

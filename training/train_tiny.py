@@ -69,12 +69,17 @@ RUN_DEFINING = ("dataset", "arch", "loss", "norm", "epsilon", "step_size", "step
                 "batch_size", "lr", "momentum", "weight_decay", "lr_schedule", "lr_milestones",
                 "lr_decay", "warmup_epochs", "augment", "drop_rate", "seed", "train_images")
 # Named sets of defaults (``--recipe``); flags given on the command line still win.
-# fmnist-cpu: the CPU recipe for Fashion-MNIST that docs/training.md explains choice by choice.
+# fmnist-cpu: the CPU recipe for Fashion-MNIST that docs/training.md explains choice by choice; fmnist64-cpu: the
+# same on its 64x64x3 proxy of the competition's shape (docs/benchmarks.md "The 64x64x3 proxy").
 RECIPES: dict[str, dict[str, Any]] = {
     "fmnist-cpu": {"dataset": "fashion_mnist", "arch": "small_cnn", "drop_rate": 0.0, "epsilon": 0.1,
                    "step_size": 0.025, "steps": 5, "batch_size": 128, "lr": 0.05, "lr_schedule": "onecycle",
                    "augment": "none", "precision": "auto", "channels_last": "on", "eval_images": 1000,
                    "eval_step_size": 0.01, "epochs": 8},
+    "fmnist64-cpu": {"dataset": "fashion_mnist_64", "arch": "small_cnn_64", "drop_rate": 0.0, "epsilon": 0.1,
+                     "step_size": 0.025, "steps": 5, "batch_size": 128, "lr": 0.05, "lr_schedule": "onecycle",
+                     "augment": "none", "precision": "auto", "channels_last": "on", "eval_step_size": 0.01,
+                     "epochs": 2},
 }
 # Architectures whose PGD-20 evaluation a CPU runs at the full sizes (1000 images per epoch, the whole test set).
 CPU_SIZED_ARCHS = ("small_cnn",)

@@ -8,13 +8,16 @@ list serves models of both.
 """
 from __future__ import annotations
 
+import argparse
+import sys
 from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
 
 import numpy as np
 
-from avc_common.artifact import read_manifest
+from avc_common.artifact import ArtifactError, read_manifest
+from avc_common.cli import HelpFormatter
 from avc_common.data.fashion_mnist import FASHION_SHAPE, PROXY_SHAPE, load_fashion_split
 from avc_common.images import ImageShape
 
@@ -58,3 +61,26 @@ def test_split(root: Path, shape: tuple[int, int, int]) -> tuple[np.ndarray, np.
 def fitting(surrogates: Sequence[str | Path], shape: tuple[int, int, int]) -> list[str]:
     """The surrogate artifact folders that take ``shape`` images, in order."""
     return [str(s) for s in surrogates if input_shape(s) == tuple(shape)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter,
+                                epilog="Exit codes: 0 every model is trained, 1 some are missing.")
+    p.parse_args(argv)
+    missing = 0
+    for name, path in MODELS.items():
+        try:
+            manifest = read_manifest(path)
+        except ArtifactError as err:
+            missing += 1
+            print(f"{name:11} missing: {err}")
+            continue
+        metrics = manifest["metrics"]
+        print(f"{name:11} {path.relative_to(ROOT)}: {' x '.join(map(str, input_shape(path)))}, "
+              f"{manifest['training'].get('loss')}, clean {metrics.get('clean_accuracy', float('nan')):.1%}, "
+              f"PGD {metrics.get('pgd_accuracy', float('nan')):.1%}")
+    return 1 if missing else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -35,7 +35,8 @@ for script in sorted(bench.glob("*.py")):
             code = stop.code
     report[script.name] = {"code": code, "help": out.getvalue(), "flags": flags.get(script.name)}
 hidden = sorted(name for name, module in list(sys.modules.items())  # not __main__ and its multiprocessing alias
-                if not name.startswith(("__", "bench.")) and getattr(module, "__file__", None)
+                if name.partition(".")[0] not in ("bench", "") and not name.startswith("__")
+                and getattr(module, "__file__", None)
                 and Path(module.__file__).resolve().parent == bench)
 print(json.dumps({"scripts": report, "hidden": hidden}))
 """

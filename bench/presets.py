@@ -42,7 +42,9 @@ from bench.targets import MODELS, fitting, input_shape, parse_models, test_split
 CANDIDATES: dict[str, SuiteEntry] = {
     "geoda": SuiteEntry("geoda"),
     "geoda-0.25": SuiteEntry("geoda", {"freq": 0.25}),
+    "geoda-0.125": SuiteEntry("geoda", {"freq": 0.125}),
     "cgba": CGBA,
+    "cgba-0.125": SuiteEntry("cgba", {"freq": 0.125}),
     "cgba-h": SuiteEntry("cgba", {"variant": "cgba_h"}),
     "prior_geoda": PRIOR_GEODA,
     "boundary": SuiteEntry("boundary"),

@@ -20,6 +20,7 @@ from attacks import (
     name_attacks,
 )
 from attacks.access.lattice import l2
+from attacks.methods.prior_geoda import PriorGeoDA
 from attacks.methods.suite import SuiteEntry
 from attacks.scoring import cli as score_cli
 from attacks.whitebox.reference import minimal_l2
@@ -192,15 +193,15 @@ def test_build_suite_fills_in_surrogates_and_drops_surrogate_attacks_without_the
         assert all(isinstance(e, SuiteEntry) and e.source for e in entries)
     with_surrogates = build_suite("top5", surrogates=[surrogate_dir])
     assert len(with_surrogates) == len(PRESETS["top5"]) == 5
-    assert list(name_attacks(with_surrogates)) == ["transfer", "geoda", "biased_boundary", "hsja",
+    assert list(name_attacks(with_surrogates)) == ["transfer", "cgba", "hsja", "prior_geoda",
                                                    "transfer+biased_boundary"]
-    needing = [a for a in with_surrogates if isinstance(a, (TransferAttack, BiasedBoundaryAttack))]
+    needing = [a for a in with_surrogates if isinstance(a, (TransferAttack, BiasedBoundaryAttack, PriorGeoDA))]
     assert any(isinstance(a, TransferAttack) for a in needing)
     assert all(a.surrogates == (str(surrogate_dir),) for a in needing)
     with pytest.warns(UserWarning, match="left out transfer"):
         without = build_suite("top5")
     assert len(without) == 5 - len(needing)
-    assert not any(isinstance(a, (TransferAttack, BiasedBoundaryAttack)) for a in without)
+    assert not any(isinstance(a, (TransferAttack, BiasedBoundaryAttack, PriorGeoDA)) for a in without)
     assert {"transfer", "biased_boundary", "prior_geoda"} == SURROGATE_ATTACKS
     with pytest.raises(ValueError, match="unknown preset"):
         build_suite("top6")
@@ -224,8 +225,9 @@ def test_score_device_reaches_every_surrogate_attack_but_not_their_repr(surrogat
     assert args.device == torch.device("cpu")
     suite = list(score_cli.build_attacks(args)[0].values())
     nested = [a.refine for a in suite if isinstance(getattr(a, "refine", None), BiasedBoundaryAttack)]
-    surrogate_attacks = [a for a in [*suite, *nested] if isinstance(a, (TransferAttack, BiasedBoundaryAttack))]
-    assert len(surrogate_attacks) == 4, "top5: transfer, biased_boundary, transfer+biased_boundary and its refine"
+    surrogate_attacks = [a for a in [*suite, *nested] if isinstance(a, (TransferAttack, BiasedBoundaryAttack,
+                                                                        PriorGeoDA))]
+    assert len(surrogate_attacks) == 4, "top5: transfer, prior_geoda, transfer+biased_boundary and its refine"
     assert all(a.device == torch.device("cpu") for a in surrogate_attacks)
     assert [repr(a) for a in build_suite("top5", s, device="cpu")] == [repr(a) for a in suite]
     assert load_surrogate(s[0], "cpu") is load_surrogate(s[0], torch.device("cpu")), "one load per device"

@@ -45,7 +45,13 @@ def parse_models(text: str) -> dict[str, Path]:
 
 
 def input_shape(artifact: str | Path) -> ImageShape:
-    """The images an artifact takes, from its (checked) manifest."""
+    """The images an artifact takes, from its (checked) manifest; each folder's manifest is read and its files
+    hashed once per process, however many models ask which surrogates fit them."""
+    return _input_shape(Path(artifact).resolve())
+
+
+@cache
+def _input_shape(artifact: Path) -> ImageShape:
     return ImageShape.from_mapping(read_manifest(artifact)["input"])
 
 

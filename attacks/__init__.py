@@ -35,6 +35,7 @@ from attacks.methods.geoda import GeoDA
 from attacks.methods.hsja import HopSkipJump
 from attacks.methods.noise import AdditiveGaussianNoise, AdditiveUniformNoise, BlendedUniformNoise, ContrastReduction
 from attacks.methods.other_class import OtherClassBlend
+from attacks.methods.prior_cgba import PriorCGBA
 from attacks.methods.prior_geoda import PriorGeoDA
 from attacks.methods.registry import ATTACKS, attack_name, build_attack, build_suite, create_attack, name_attacks
 from attacks.methods.suite import PRESETS, SURROGATE_ATTACKS, SuiteEntry
@@ -44,5 +45,6 @@ from attacks.scoring.api import Results, score
 __all__ = ["ATTACKS", "CGBA", "PRESETS", "SURROGATE_ATTACKS", "AdditiveGaussianNoise", "AdditiveUniformNoise",
            "ArtifactModel", "Attack", "BiasedBoundaryAttack", "BlendedUniformNoise", "BoundaryAttack",
            "BudgetExceeded", "BudgetedModel", "ContrastReduction", "GeoDA", "HopSkipJump", "LabelOnlyModel",
-           "OtherClassBlend", "PriorGeoDA", "RemoteModel", "Results", "SuiteEntry", "TorchModel", "TransferAttack",
+           "OtherClassBlend", "PriorCGBA", "PriorGeoDA", "RemoteModel", "Results", "SuiteEntry", "TorchModel",
+           "TransferAttack",
            "attack_name", "build_attack", "build_suite", "create_attack", "name_attacks", "score"]

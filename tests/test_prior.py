@@ -1,5 +1,5 @@
-"""GeoDA guided by surrogate priors (``prior_geoda``): linear models whose exact minimum is known, with surrogates that
-are right, half right or useless, and a small CNN for the budget and verification rules."""
+"""GeoDA and CGBA guided by surrogate priors (``prior_geoda``, ``prior_cgba``): linear models whose exact minimum is
+known, with surrogates that are right, half right or useless, and a small CNN for the budget and verification rules."""
 from __future__ import annotations
 
 import numpy as np
@@ -9,10 +9,12 @@ from model_fixtures import make_artifact
 from test_attacks import NOISE_START, CountingModel, linear_problem
 
 from attacks import (
+    CGBA,
     SURROGATE_ATTACKS,
     ArtifactModel,
     BudgetedModel,
     GeoDA,
+    PriorCGBA,
     PriorGeoDA,
     TransferAttack,
     build_attack,
@@ -65,15 +67,21 @@ def ratios(attack, problem, budget: int, seed: int = 1) -> np.ndarray:
     return ratio
 
 
-def prior_geoda(*surrogates: str, **kwargs) -> PriorGeoDA:
+PLAIN = {PriorGeoDA: GeoDA, PriorCGBA: CGBA}  # each attack with priors, and the same attack without them
+WITH_PRIORS = pytest.mark.parametrize("kind", list(PLAIN), ids=["prior_geoda", "prior_cgba"])
+
+
+def with_prior(*surrogates: str, kind: type = PriorGeoDA, **kwargs) -> PriorGeoDA | PriorCGBA:
     """Probes in the full space: a random linear model has no low-frequency prior."""
-    return PriorGeoDA(surrogates=surrogates, freq=1.0, init=NOISE_START, **kwargs)
+    return kind(surrogates=surrogates, freq=1.0, init=NOISE_START, **kwargs)
 
 
-def test_a_perfect_prior_reaches_the_exact_minimum_of_a_linear_model_in_a_hundred_queries(linear):
+@WITH_PRIORS
+def test_a_perfect_prior_reaches_the_exact_minimum_of_a_linear_model_in_a_hundred_queries(linear, kind):
     problem, surrogates = linear
-    assert np.median(ratios(prior_geoda(surrogates["perfect"]), problem, 100)) <= 1.03
-    assert np.median(ratios(GeoDA(freq=1.0, init=NOISE_START), problem, 100)) >= 1.5, "the probes alone are far"
+    assert np.median(ratios(with_prior(surrogates["perfect"], kind=kind), problem, 100)) <= 1.03
+    plain = PLAIN[kind](freq=1.0, init=NOISE_START)
+    assert np.median(ratios(plain, problem, 100)) >= 1.5, "the probes alone are far"
 
 
 def test_a_half_right_prior_and_the_probes_together_beat_the_prior_alone_and_improve_with_budget(linear):
@@ -81,17 +89,18 @@ def test_a_half_right_prior_and_the_probes_together_beat_the_prior_alone_and_imp
     correct the prior's error, more with more queries."""
     problem, surrogates = linear
     line = np.median(ratios(TransferAttack(surrogates=(surrogates["half"],), refine=None), problem, 100))
-    short, full = (np.median(ratios(prior_geoda(surrogates["half"]), problem, b)) for b in (100, 1000))
+    short, full = (np.median(ratios(with_prior(surrogates["half"]), problem, b)) for b in (100, 1000))
     assert line > 1.3
     assert full < short and full <= 1.1
 
 
-def test_a_useless_prior_gets_no_weight_and_costs_almost_nothing(linear):
+@WITH_PRIORS
+def test_a_useless_prior_gets_no_weight_and_costs_almost_nothing(linear, kind):
     problem, surrogates = linear
     for budget in (300, 1000):
-        plain = np.median(ratios(GeoDA(freq=1.0, init=NOISE_START), problem, budget))
-        useless = np.median(ratios(prior_geoda(surrogates["useless"]), problem, budget))
-        perfect = np.median(ratios(prior_geoda(surrogates["perfect"]), problem, budget))
+        plain = np.median(ratios(PLAIN[kind](freq=1.0, init=NOISE_START), problem, budget))
+        useless = np.median(ratios(with_prior(surrogates["useless"], kind=kind), problem, budget))
+        perfect = np.median(ratios(with_prior(surrogates["perfect"], kind=kind), problem, budget))
         assert useless <= 1.02 * plain
         assert perfect < useless - 0.04
 
@@ -101,14 +110,15 @@ def test_one_prior_per_surrogate_finds_the_good_surrogate_among_useless_ones(lin
     probes' agreement gives the perfect one the weight."""
     problem, surrogates = linear
     pair = (surrogates["useless"], surrogates["perfect"])
-    each = np.median(ratios(prior_geoda(*pair, priors="each"), problem, 300))
-    ensemble = np.median(ratios(prior_geoda(*pair, priors="ensemble"), problem, 300))
+    each = np.median(ratios(with_prior(*pair, priors="each"), problem, 300))
+    ensemble = np.median(ratios(with_prior(*pair, priors="ensemble"), problem, 300))
     assert each <= 1.03 and ensemble > each + 0.1
 
 
-def test_prior_geoda_stays_within_budget_and_reports_verified_adversarials(cnn):
+@WITH_PRIORS
+def test_prior_attacks_stay_within_budget_and_report_verified_adversarials(cnn, kind):
     net, images, labels, surrogate = cnn
-    attack, budget = PriorGeoDA(surrogates=(surrogate,)), 200
+    attack, budget = kind(surrogates=(surrogate,)), 200
     counter = CountingModel(net)
     model = BudgetedModel(counter, images, labels, budget=budget)
     attack.run(model, np.arange(len(images)), np.random.default_rng(0))
@@ -124,14 +134,15 @@ def test_prior_geoda_stays_within_budget_and_reports_verified_adversarials(cnn):
         assert alone.queries <= budget
 
 
-def test_prior_geoda_is_deterministic_for_a_seed_and_skips_misclassified_images(cnn):
+@WITH_PRIORS
+def test_prior_attacks_are_deterministic_for_a_seed_and_skip_misclassified_images(cnn, kind):
     net, images, labels, surrogate = cnn
     wrong = labels.copy()
     wrong[0] = (wrong[0] + 1) % 10
     runs = []
     for _ in range(2):
         model = BudgetedModel(net, images, wrong, budget=150)
-        PriorGeoDA(surrogates=(surrogate,)).run(model, np.arange(len(images)), np.random.default_rng(3))
+        kind(surrogates=(surrogate,)).run(model, np.arange(len(images)), np.random.default_rng(3))
         runs.append(model)
     np.testing.assert_array_equal(runs[0].best, runs[1].best)
     np.testing.assert_array_equal(runs[0].used, runs[1].used)
@@ -159,3 +170,16 @@ def test_prior_geoda_is_built_with_the_suites_surrogates_and_refuses_bad_setting
     with pytest.raises(ValueError, match=r"takes \(8, 8, 1\) images with 3 classes"):
         PriorGeoDA(surrogates=(linear[1]["perfect"],)).run(model, np.arange(len(images)), np.random.default_rng(0))
     assert model.used.max() <= 1, "refused before any query but the clean check"
+
+
+def test_prior_cgba_checks_both_cgbas_settings_and_the_priors(cnn):
+    """The mixed-in priors and CGBA each check their own hyperparameters, and so does every attack's budget cap."""
+    _, _, _, surrogate = cnn
+    assert "prior_cgba" in SURROGATE_ATTACKS
+    attack = build_attack(SuiteEntry("prior_cgba", {"variant": "cgba_h"}), [surrogate])
+    assert isinstance(attack, PriorCGBA) and attack.surrogates == (surrogate,) and attack.variant == "cgba_h"
+    for kwargs, match in (({}, "at least one surrogate"), ({"surrogates": (surrogate,), "variant": "arc"}, "variant"),
+                          ({"surrogates": (surrogate,), "max_cos": 0}, "max_cos must be in"),
+                          ({"surrogates": (surrogate,), "max_queries": 0}, "max_queries must be at least 1")):
+        with pytest.raises(ValueError, match=match):
+            PriorCGBA(**kwargs)

@@ -202,7 +202,7 @@ def test_build_suite_fills_in_surrogates_and_drops_surrogate_attacks_without_the
         without = build_suite("top5")
     assert len(without) == 5 - len(needing)
     assert not any(isinstance(a, (TransferAttack, BiasedBoundaryAttack, PriorGeoDA)) for a in without)
-    assert {"transfer", "biased_boundary", "prior_geoda"} == SURROGATE_ATTACKS
+    assert {"transfer", "biased_boundary", "prior_geoda", "prior_cgba"} == SURROGATE_ATTACKS
     with pytest.raises(ValueError, match="unknown preset"):
         build_suite("top6")
 

@@ -7,11 +7,27 @@ uses rather than biasing it.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from attacks.access.budgeted import BudgetedModel
 from attacks.access.lattice import quantize
-from attacks.blocks.directions import sample_directions
+from attacks.blocks.directions import low_frequency_dims, sample_directions
+
+# (image ids, their boundary points, this iteration's sum of signed probes, how many) -> a vector to add to that sum
+Guide = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], np.ndarray | float]
+
+
+def no_guide(ids: np.ndarray, points: np.ndarray, probes: np.ndarray, evals: np.ndarray) -> float:
+    """The :data:`Guide` of an attack without priors: nothing to add."""
+    return 0.0
+
+
+def probe_weight(shape: tuple[int, int, int], freq: float) -> float:
+    """What one sign probe adds along the true normal, on average, to the estimate's sum: E|<u, n>| = sqrt(2 / (pi d))
+    for unit probes ``u`` in the ``d`` sampled dimensions, so a prior of weight W counts as much as W probes."""
+    return float(np.sqrt(2 / (np.pi * low_frequency_dims(shape, freq))))
 
 
 def estimate_normal(model: BudgetedModel, ids: np.ndarray, points: np.ndarray, delta: np.ndarray,

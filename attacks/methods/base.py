@@ -21,6 +21,12 @@ class Attack(ABC):
 
     max_queries: int | None = None
 
+    def __post_init__(self) -> None:
+        """Check the hyperparameters; a subclass that adds checks calls ``super().__post_init__()`` too, so that
+        mixed-in parts (:class:`attacks.methods.surrogate_prior.SurrogatePriors`) get theirs."""
+        if self.max_queries is not None and self.max_queries < 1:
+            raise ValueError(f"max_queries must be at least 1 (or None: the model's budget), got {self.max_queries}")
+
     def run(self, model: BudgetedModel, ids: np.ndarray, rng: np.random.Generator) -> None:
         """Attack images ``ids``; the clean check comes first and misclassified images are skipped."""
         ids = np.unique(np.asarray(ids, dtype=np.int64))

@@ -44,7 +44,7 @@ import numpy as np
 from attacks.access.budgeted import BudgetedModel
 from attacks.access.lattice import STEP, quantize
 from attacks.blocks.directions import unit_rows
-from attacks.blocks.gradient import estimate_normal
+from attacks.blocks.gradient import Guide, estimate_normal, no_guide
 from attacks.blocks.linesearch import bisect
 from attacks.methods.base import Attack, with_starts
 from attacks.methods.starts import STARTS
@@ -70,11 +70,13 @@ class CGBA(Attack):
     init: tuple[Attack, ...] = STARTS
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.variant not in VARIANTS:
             raise ValueError(f"CGBA variant={self.variant!r} is not one of {VARIANTS}; pick 'cgba' for the paper's "
                              f"semicircular bisection or 'cgba_h' for its angle-halving search")
 
     def _run(self, model: BudgetedModel, ids: np.ndarray, rng: np.random.Generator) -> None:
+        guide = self._guide(model)
         ids = with_starts(model, ids, rng, self.init)
         clean = model.clean(ids)
         boundary, _ = bisect(model, ids, clean, model.starts(ids))
@@ -87,7 +89,15 @@ class CGBA(Attack):
                 return
             normal = estimate_normal(model, ids[rows], boundary[rows], delta[rows], evals[rows], rng, self.freq,
                                      self.probe_rows)
+            # The guide adds to the sum of the probes; to their mean, 1/evals of it (0 leaves the floats as they were)
+            bias = np.asarray(guide(ids[rows], boundary[rows], evals[rows, None] * normal, evals[rows]), np.float32)
+            normal = normal + bias / evals[rows, None].astype(np.float32)
             boundary[rows] = search(model, ids[rows], Semicircle(clean[rows], boundary[rows], normal))
+
+    def _guide(self, model: BudgetedModel) -> Guide:
+        """What each iteration adds to the sum of its signed probes before the search: nothing here (surrogate priors
+        in :class:`attacks.methods.prior_cgba.PriorCGBA`)."""
+        return no_guide
 
     def _halve_angle(self, model: BudgetedModel, ids: np.ndarray, arc: Semicircle) -> np.ndarray:
         """CGBA-H: the first adversarial of the angles theta/2, theta/4, ..., then bisection along its ray."""

@@ -31,21 +31,17 @@ the code").
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
 from attacks.access.budgeted import BudgetedModel
 from attacks.access.lattice import STEP, quantize
-from attacks.blocks.directions import low_frequency_dims, unit_rows
-from attacks.blocks.gradient import estimate_normal
+from attacks.blocks.directions import unit_rows
+from attacks.blocks.gradient import Guide, estimate_normal, no_guide, probe_weight
 from attacks.blocks.linesearch import bisect, jump
 from attacks.methods.base import Attack, with_starts
 from attacks.methods.starts import STARTS
-
-# (image ids, their boundary points, this iteration's sum of signed probes, how many) -> a vector to add to that sum
-Guide = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], np.ndarray | float]
 
 
 @dataclass(frozen=True)
@@ -95,7 +91,7 @@ class GeoDA(Attack):
     def _guide(self, model: BudgetedModel) -> Guide:
         """What each iteration adds to the sum of its signed probes before the searches: nothing here (a surrogate
         prior in :class:`attacks.methods.prior_geoda.PriorGeoDA`)."""
-        return lambda ids, points, probes, evals: 0.0
+        return no_guide
 
     def _along(self, model: BudgetedModel, ids: np.ndarray, clean: np.ndarray, boundary: np.ndarray,
                direction: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -127,8 +123,3 @@ class GeoDA(Attack):
                                  lo=outside[rows] / radius[rows])
         return found, points
 
-
-def probe_weight(shape: tuple[int, int, int], freq: float) -> float:
-    """What one sign probe adds along the true normal, on average, to the estimate's sum: E|<u, n>| = sqrt(2 / (pi d))
-    for unit probes ``u`` in the ``d`` sampled dimensions, so a prior of weight W counts as much as W probes."""
-    return float(np.sqrt(2 / (np.pi * low_frequency_dims(shape, freq))))

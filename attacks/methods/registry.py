@@ -27,6 +27,7 @@ from attacks.methods.geoda import GeoDA
 from attacks.methods.hsja import HopSkipJump
 from attacks.methods.noise import AdditiveGaussianNoise, AdditiveUniformNoise, BlendedUniformNoise, ContrastReduction
 from attacks.methods.other_class import OtherClassBlend
+from attacks.methods.prior_cgba import PriorCGBA
 from attacks.methods.prior_geoda import PriorGeoDA
 from attacks.methods.suite import PRESETS, SURROGATE_ATTACKS, SuiteEntry
 from attacks.methods.transfer import TransferAttack
@@ -46,6 +47,7 @@ BUILTIN_ATTACKS: dict[str, type[Attack]] = {
     "biased_boundary": BiasedBoundaryAttack,
     "transfer": TransferAttack,
     "prior_geoda": PriorGeoDA,
+    "prior_cgba": PriorCGBA,
 }
 
 

@@ -5,17 +5,18 @@ A suite is data (CONTRIBUTING.md "House style", after Foolbox): a tuple of :clas
 suite gets its own per-image budget and the image's score is the minimum over them, so
 the best suites combine attacks that win on *different* images.
 
-Attacks that use local surrogate models (``transfer``, ``biased_boundary``, ``prior_geoda``) get the surrogate
-artifact folders, and the device their gradients run on, from :func:`attacks.build_suite`; without any surrogates,
-they are left out with a warning. An entry's keyword argument may itself be a :class:`SuiteEntry` (a transfer
-attack's ``refine``), built the same way.
+Attacks that use local surrogate models (``transfer``, ``biased_boundary``, ``prior_geoda``, ``prior_cgba``) get the
+surrogate artifact folders, and the device their gradients run on, from :func:`attacks.build_suite`; without any
+surrogates, they are left out with a warning. An entry's keyword argument may itself be a :class:`SuiteEntry` (a
+transfer attack's ``refine``), built the same way.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
 
-SURROGATE_ATTACKS = frozenset({"transfer", "biased_boundary", "prior_geoda"})  # surrogates, device: build_suite's
+# these get the surrogates, and the device for their gradients, from build_suite
+SURROGATE_ATTACKS = frozenset({"transfer", "biased_boundary", "prior_geoda", "prior_cgba"})
 
 
 @dataclass(frozen=True)

@@ -49,6 +49,7 @@ CANDIDATES: dict[str, SuiteEntry] = {
     "prior_geoda": PRIOR_GEODA,
     "prior_geoda-0.25": SuiteEntry("prior_geoda", {"freq": 0.25}),
     "prior_cgba": SuiteEntry("prior_cgba"),
+    "prior_cgba-caution0": SuiteEntry("prior_cgba", {"caution": 0.0}),
     "boundary": SuiteEntry("boundary"),
     "hsja": SuiteEntry("hsja"),
     "hsja-lowfreq": SuiteEntry("hsja", {"freq": 0.5}),

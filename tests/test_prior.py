@@ -183,3 +183,34 @@ def test_prior_cgba_checks_both_cgbas_settings_and_the_priors(cnn):
                           ({"surrogates": (surrogate,), "max_queries": 0}, "max_queries must be at least 1")):
         with pytest.raises(ValueError, match=match):
             PriorCGBA(**kwargs)
+
+
+class FixedGradient:
+    """A stand-in surrogate ensemble whose margin gradient is the same unit direction everywhere."""
+
+    def __init__(self, direction: np.ndarray, shape: tuple[int, int, int]) -> None:
+        self.direction = torch.from_numpy(direction.reshape(1, *shape)).permute(0, 3, 1, 2)
+
+    def gradient(self, x: torch.Tensor, labels: torch.Tensor) -> tuple[None, torch.Tensor]:
+        return None, self.direction.expand(len(x), -1, -1, -1).clone()
+
+
+@pytest.mark.parametrize("caution", [0.0, 1.0])
+def test_caution_trusts_a_prior_only_as_far_as_the_probes_have_shown_it(caution):
+    """Probes that agree with the prior at a measured cosine of 0.15 give it weight as they are; with ``caution`` 1
+    the standard error after 50 probes (0.18) is taken off first, so the same evidence gives none, and after 5000
+    probes (error 0.018) it gives the prior weight again."""
+    from attacks.methods.surrogate_prior import SurrogatePrior
+
+    shape, dim = (4, 4, 1), 16
+    direction = np.zeros(dim, dtype=np.float32)
+    direction[0] = 1.0
+    weight = float(np.sqrt(2 / (np.pi * dim)))
+    prior = SurrogatePrior([FixedGradient(direction, shape)], np.zeros(1, dtype=np.int64), shape, weight, 0.95,
+                           torch.device("cpu"), caution)
+    ids, points = np.array([0]), np.full((1, dim), 0.5, dtype=np.float32)
+    added = [prior(ids, points, 0.15 * weight * n * direction[None], np.array([n]))[0] @ direction for n in (50, 4950)]
+    if caution:
+        assert added[0] == 0 and added[1] > 0
+    else:
+        assert added[0] > 0 and added[1] > 0

@@ -21,4 +21,7 @@ from attacks.methods.surrogate_prior import SurrogatePriors
 
 @dataclass(frozen=True)
 class PriorCGBA(SurrogatePriors, CGBA):
-    """CGBA's hyperparameters and the priors' (:class:`attacks.methods.surrogate_prior.SurrogatePriors`)."""
+    """CGBA's hyperparameters and the priors' (:class:`attacks.methods.surrogate_prior.SurrogatePriors`), with
+    ``caution`` 1: each iteration steers by its own probes, so an overrated prior costs more than in GeoDA."""
+
+    caution: float = 1.0

@@ -13,6 +13,14 @@ move with the boundary point; a surrogate's agreement with the target changes sl
 with the target gets ``c_j`` about 0 and no weight: the attack is then the plain one. Estimates are clipped to
 ``c_j >= 0`` and ``sqrt(C) <= max_cos``, which bounds the weight of a prior the probes cannot yet tell from perfect.
 
+How sure the measure is. Each probe's ``<s u, p_j>`` has variance at most ``1 / D``, so after ``N`` probes the
+estimate of ``c_j`` has a standard error of ``sqrt(pi / (2 N))`` whatever ``D``: 0.23 after 30 probes, 0.07 after 300.
+An attack whose direction is the sum plus the priors trusts that noise at its face value; ``caution`` takes that many
+standard errors off each estimate first, so a surrogate is trusted only as far as the probes have shown it to agree.
+GeoDA adds every iteration's probes to one running sum, which outweighs an early, overrated prior; CGBA steers by each
+iteration's few dozen probes alone, and with a weakly trained surrogate an overrated prior led it astray (measured:
+docs/benchmarks.md "Better surrogates on the proxy"), hence ``caution`` 1 for ``prior_cgba`` and 0 for ``prior_geoda``.
+
 Priors (``priors``): ``"kind"`` (default) one per kind of surrogate, the natural ones' ensemble and the adversarially
 trained ones' (:func:`attacks.whitebox.surrogate.ensembles_by_kind`): which kind a target follows differs between
 natural and robust targets (docs/history/2026-11-experiments.md "Six surrogates and a seeded GeoDA"), and here
@@ -41,13 +49,16 @@ class SurrogatePriors:
     ``priors``: one prior direction per ``"kind"`` of surrogate (natural, adversarially trained), per surrogate
     (``"each"``) or one for the ``"ensemble"``; ``combine``: how an ensemble averages its surrogates (``"logits"`` or
     ``"loss"``); ``max_cos``: the most the priors together are trusted to agree with the target's normal (their
-    cosine; 1 would let a prior outweigh every probe); ``device``: where the surrogate gradients run (a name or a
-    ``torch.device``; left out of ``repr`` and equality, since a run resumed on another device is the same run)."""
+    cosine; 1 would let a prior outweigh every probe); ``caution``: how many standard errors are taken off each
+    prior's measured agreement before it is trusted (0: the estimate as it is); ``device``: where the surrogate
+    gradients run (a name or a ``torch.device``; left out of ``repr`` and equality, since a run resumed on another
+    device is the same run)."""
 
     surrogates: tuple[str, ...] = ()
     priors: str = "kind"
     combine: str = "logits"
     max_cos: float = 0.95
+    caution: float = 0.0
     device: str | torch.device = field(default="cpu", repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -74,7 +85,8 @@ class SurrogatePriors:
         else:  # "kind": the whole (first) is the kinds' mix; with two kinds, each kind alone spans it
             ensembles = ensembles_by_kind(self.surrogates, shape, classes, self.combine, self.device)
             ensembles = ensembles[1:] or ensembles
-        return SurrogatePrior(ensembles, model.labels, shape, probe_weight(shape, self.freq), self.max_cos, self.device)
+        return SurrogatePrior(ensembles, model.labels, shape, probe_weight(shape, self.freq), self.max_cos, self.device,
+                              self.caution)
 
 
 class SurrogatePrior:
@@ -82,8 +94,9 @@ class SurrogatePrior:
     agreement with the target so far."""
 
     def __init__(self, ensembles: list[Ensemble], labels: np.ndarray, shape: tuple[int, int, int], weight: float,
-                 max_cos: float, device: torch.device) -> None:
+                 max_cos: float, device: torch.device, caution: float = 0.0) -> None:
         self.ensembles, self.shape, self.weight, self.max_cos, self.device = ensembles, shape, weight, max_cos, device
+        self.caution = caution
         self.labels = torch.from_numpy(labels).to(device)
         self.agreement = np.zeros((len(labels), len(ensembles)))  # sum over iterations of <signed probes, prior>
         self.probes = np.zeros(len(labels))
@@ -94,7 +107,9 @@ class SurrogatePrior:
         priors = self.directions(ids, points)  # images x priors x dim, orthonormal per image
         self.agreement[ids] += np.einsum("nkd,nd->nk", priors, probes)
         self.probes[ids] += evals
-        cos = np.maximum(self.agreement[ids] / (self.weight * self.probes[ids, None]), 0)
+        cos = self.agreement[ids] / (self.weight * self.probes[ids, None])
+        # its standard error is sqrt(pi / (2 probes)); ``caution`` of them are taken off before it is trusted
+        cos = np.maximum(cos - self.caution * np.sqrt(np.pi / (2 * self.probes[ids, None])), 0)
         total = np.sqrt(np.sum(cos ** 2, axis=1, keepdims=True))
         cos *= np.minimum(1, self.max_cos / np.maximum(total, 1e-12))
         scale = cos / (self.weight * (1 - np.sum(cos ** 2, axis=1, keepdims=True)))

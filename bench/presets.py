@@ -31,7 +31,7 @@ import torch
 from tqdm import tqdm
 
 from attacks import PRESETS, ArtifactModel, BudgetedModel, SuiteEntry, build_attack
-from attacks.methods.suite import CGBA, PRIOR_GEODA, TRANSFER_BIASED
+from attacks.methods.suite import CGBA, PRIOR_CGBA, PRIOR_GEODA, TRANSFER_BIASED, TRANSFER_CGBA
 from attacks.scoring.evaldata import first_correct
 from avc_common.atomic import atomic_write_text
 from avc_common.cli import HelpFormatter
@@ -48,7 +48,7 @@ CANDIDATES: dict[str, SuiteEntry] = {
     "cgba-h": SuiteEntry("cgba", {"variant": "cgba_h"}),
     "prior_geoda": PRIOR_GEODA,
     "prior_geoda-0.25": SuiteEntry("prior_geoda", {"freq": 0.25}),
-    "prior_cgba": SuiteEntry("prior_cgba"),
+    "prior_cgba": PRIOR_CGBA,
     "prior_cgba-caution0": SuiteEntry("prior_cgba", {"caution": 0.0}),
     "boundary": SuiteEntry("boundary"),
     "hsja": SuiteEntry("hsja"),
@@ -61,7 +61,7 @@ CANDIDATES: dict[str, SuiteEntry] = {
     "transfer-lines-only": SuiteEntry("transfer", {"refine": None}),
     "transfer-biased": SuiteEntry("transfer", {"refine": SuiteEntry("biased_boundary")}),
     "transfer-biased-robust": TRANSFER_BIASED,
-    "transfer-cgba": SuiteEntry("transfer", {"refine": CGBA}),
+    "transfer-cgba": TRANSFER_CGBA,
 }
 
 

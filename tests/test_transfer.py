@@ -193,7 +193,7 @@ def test_build_suite_fills_in_surrogates_and_drops_surrogate_attacks_without_the
         assert all(isinstance(e, SuiteEntry) and e.source for e in entries)
     with_surrogates = build_suite("top5", surrogates=[surrogate_dir])
     assert len(with_surrogates) == len(PRESETS["top5"]) == 5
-    assert list(name_attacks(with_surrogates)) == ["transfer", "cgba", "hsja", "prior_geoda",
+    assert list(name_attacks(with_surrogates)) == ["transfer+cgba", "cgba", "hsja", "transfer",
                                                    "transfer+biased_boundary"]
     needing = [a for a in with_surrogates if isinstance(a, (TransferAttack, BiasedBoundaryAttack, PriorGeoDA))]
     assert any(isinstance(a, TransferAttack) for a in needing)
@@ -202,6 +202,7 @@ def test_build_suite_fills_in_surrogates_and_drops_surrogate_attacks_without_the
         without = build_suite("top5")
     assert len(without) == 5 - len(needing)
     assert not any(isinstance(a, (TransferAttack, BiasedBoundaryAttack, PriorGeoDA)) for a in without)
+    assert list(name_attacks(without)) == ["cgba", "hsja"], "without surrogates a strong attack remains"
     assert {"transfer", "biased_boundary", "prior_geoda", "prior_cgba"} == SURROGATE_ATTACKS
     with pytest.raises(ValueError, match="unknown preset"):
         build_suite("top6")
@@ -227,7 +228,7 @@ def test_score_device_reaches_every_surrogate_attack_but_not_their_repr(surrogat
     nested = [a.refine for a in suite if isinstance(getattr(a, "refine", None), BiasedBoundaryAttack)]
     surrogate_attacks = [a for a in [*suite, *nested] if isinstance(a, (TransferAttack, BiasedBoundaryAttack,
                                                                         PriorGeoDA))]
-    assert len(surrogate_attacks) == 4, "top5: transfer, prior_geoda, transfer+biased_boundary and its refine"
+    assert len(surrogate_attacks) == 4, "top5: transfer+cgba, transfer, transfer+biased_boundary and its refine"
     assert all(a.device == torch.device("cpu") for a in surrogate_attacks)
     assert [repr(a) for a in build_suite("top5", s, device="cpu")] == [repr(a) for a in suite]
     assert load_surrogate(s[0], "cpu") is load_surrogate(s[0], torch.device("cpu")), "one load per device"

@@ -45,6 +45,7 @@ class BiasedBoundaryAttack(BoundaryAttack):
     device: str | torch.device = field(default="cpu", repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         object.__setattr__(self, "device", torch.device(self.device))  # frozen; one type whatever the caller passed
         if not self.surrogates:
             raise ValueError("the biased boundary attack needs at least one surrogate artifact folder "

@@ -59,6 +59,7 @@ class TransferAttack(Attack):
     batch_size: int = 256
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         object.__setattr__(self, "device", torch.device(self.device))  # frozen; one type whatever the caller passed
         if not self.surrogates:
             raise ValueError("the transfer attack needs at least one surrogate artifact folder (surrogates=(...))")

@@ -180,6 +180,7 @@ def test_prior_cgba_checks_both_cgbas_settings_and_the_priors(cnn):
     assert isinstance(attack, PriorCGBA) and attack.surrogates == (surrogate,) and attack.variant == "cgba_h"
     for kwargs, match in (({}, "at least one surrogate"), ({"surrogates": (surrogate,), "variant": "arc"}, "variant"),
                           ({"surrogates": (surrogate,), "max_cos": 0}, "max_cos must be in"),
+                          ({"surrogates": (surrogate,), "caution": -1.0}, "caution must be at least 0"),
                           ({"surrogates": (surrogate,), "max_queries": 0}, "max_queries must be at least 1")):
         with pytest.raises(ValueError, match=match):
             PriorCGBA(**kwargs)

@@ -72,6 +72,8 @@ class SurrogatePriors:
             raise ValueError(f"combine must be one of {COMBINE}, got {self.combine!r}")
         if not 0 < self.max_cos < 1:
             raise ValueError(f"max_cos must be in (0, 1), got {self.max_cos}")
+        if not self.caution >= 0:
+            raise ValueError(f"caution must be at least 0 (standard errors), got {self.caution}")
 
     def _guide(self, model: BudgetedModel) -> Guide:
         """The priors of ``model``'s images, loaded for its shape and classes (a surrogate of another shape is refused

@@ -108,12 +108,13 @@ class Result:
 # --- ours --------------------------------------------------------------------------------
 
 def run_ours(attacks: dict[str, Attack], model: LabelOnlyModel, images: np.ndarray, labels: np.ndarray,
-             budget: int, seed: int) -> list[Result]:
+             budget: int, seed: int, chain: bool = False) -> list[Result]:
     """Our attacks exactly as the scorer runs them (:class:`attacks.scoring.pipeline.SuiteRun`): all images in one
-    chunk, each attack on a fresh ledger with the whole per-image budget (the clean check is one of its queries)."""
+    chunk, each attack on a fresh ledger with the whole per-image budget (the clean check is one of its queries);
+    ``chain``: each from the adversarials of those before it, as ``score.py --chain``."""
     with tempfile.TemporaryDirectory(prefix="bench-attacks-") as state_dir:
         run = SuiteRun(model, images, labels, attacks, Path(state_dir), budget=budget, seed=seed,
-                       batch_images=len(images))
+                       batch_images=len(images), chain=chain)
         chunk = run.run(lambda chunks: None)[0]
     return [Result(name, repr(attack), r.distances, r.best, r.queries, r.seconds, r.calls, int(r.queries.sum()))
             for (name, attack), r in zip(attacks.items(), chunk.attacks, strict=True)]
@@ -265,7 +266,7 @@ def bench_model(name: str, art_dir: Path, args: argparse.Namespace) -> dict[str,
                                    model.info.num_classes, x, y, args.budget, args.seed))
     starts = None
     if "suite" in args.methods:
-        members = run_ours(suite_attacks(args.preset, surrogates), model, x, y, args.budget, args.seed)
+        members = run_ours(suite_attacks(args.preset, surrogates), model, x, y, args.budget, args.seed, args.chain)
         suite = suite_min(f"{args.preset} (min)", members)
         results += [*members, suite]
         ours_results += members
@@ -381,6 +382,9 @@ def main(argv: list[str] | None = None) -> int:
                    help=f"comma-separated: any of {', '.join(METHODS)}")
     p.add_argument("--skip-foolbox", action="store_true", help="leave out the Foolbox methods")
     p.add_argument("--preset", default="top5", help=f"the suite (attacks.PRESETS: {', '.join(PRESETS) or 'none yet'})")
+    p.add_argument("--chain", action="store_true",
+                   help="run the suite chained, each attack from the adversarials of those before it (score.py "
+                        "--chain); its members' figures are then the best after each")
     p.add_argument("--surrogates", default=",".join(map(str, SURROGATES)),
                    help="comma-separated surrogate artifact folders for the attacks that use them; each model gets "
                         "those of its input shape (every runs/fmnist*-surrogate*/artifact by default; empty: none)")

@@ -53,6 +53,18 @@ def test_five_lines_from_a_module_and_float_tensors_give_the_commands_per_image_
     assert (ArtifactModel(art)(results.adversarials[fooled]) != labels[fooled]).all()
 
 
+def test_chain_gives_the_commands_chained_distances(art, data, tmp_path):
+    images, labels = data
+    chained = attacks.score(str(art), images, labels, chain=True, **CHEAP)
+    folder = write_folder(tmp_path / "data", images, labels)
+    assert score_cli.main(["--model", str(art), "--data", str(folder), "--attacks", "contrast,hsja", "--budget", "40",
+                           "--batch-images", "4", "--no-progress", "--no-reference", "--device", "cpu", "--chain",
+                           "--output", str(tmp_path / "cli")]) == 0
+    cli = json.loads((tmp_path / "cli" / "results.json").read_text())
+    assert chained.distances.tolist() == cli["distances"] and cli["budget"]["chained"]
+    assert chained.distances.tolist() != attacks.score(str(art), images, labels, **CHEAP).distances.tolist()
+
+
 def test_an_output_folder_gets_the_commands_files_and_a_second_call_resumes_without_querying(art, data, tmp_path):
     images, labels = data
     out = tmp_path / "out"

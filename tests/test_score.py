@@ -150,11 +150,31 @@ def test_pooled_budget_lets_an_attack_spend_more_on_some_images_but_not_more_in_
     assert r["budget"]["rule"] == "pooled" and sum(queries) <= 30 * N_IMAGES and max(queries) > 30
 
 
+def test_chained_attacks_refine_the_ones_before_within_their_own_budgets(artifact_dir, folder, tmp_path, no_plots):
+    """--chain: each attack starts from the adversarials of those before it, so an image's distance never grows along
+    the suite; each still spends at most its budget; the suite gets closer than the same attacks run apart; and the
+    output folder is not resumed as an unchained run."""
+    args = ["--model", artifact_dir, "--data", folder, "--no-reference", *CHEAP]
+    assert score(*args, "--output", tmp_path / "apart") == 0
+    assert score(*args, "--chain", "--output", tmp_path / "chained") == 0
+    apart, chained = read(tmp_path / "apart"), read(tmp_path / "chained")
+    assert chained["budget"]["chained"] and not apart["budget"]["chained"]
+    assert "chained" in chained["budget"]["description"]
+    for image in chained["images"]:
+        first, then = image["attacks"]["contrast"], image["attacks"]["hsja"]
+        assert then["queries"] <= 40 and first["queries"] <= 40
+        if first["distance"] is not None:
+            assert then["distance"] is not None and then["distance"] <= first["distance"]
+    assert chained["summary"]["median"] < apart["summary"]["median"]
+    assert score(*args, "--output", tmp_path / "chained") == score_cli.BAD_INPUT  # not the run saved there
+
+
+@pytest.mark.parametrize("chain", [[], ["--chain"]], ids=["apart", "chained"])
 def test_resumed_run_gives_the_same_report_as_an_uninterrupted_one(artifact_dir, folder, tmp_path, monkeypatch,
-                                                                    no_plots):
+                                                                    no_plots, chain):
     """Ctrl-C (in the main thread, while it reports the first chunk) with a unit of the second chunk halfway: that
     unit stops at its next model call, the first chunk's results stay, and the rerun completes the same report."""
-    args = ["--model", artifact_dir, "--data", folder, "--no-reference", *CHEAP]
+    args = ["--model", artifact_dir, "--data", folder, "--no-reference", *CHEAP, *chain]
     assert score(*args, "--output", tmp_path / "whole") == 0
 
     reports, halfway, after_stop = [], threading.Event(), []

@@ -132,6 +132,15 @@ class BudgetedModel:
                                          state[f"tag{i}_best_l2"].astype(np.float64))
                       for i, tag in enumerate(state["tags"])}
 
+    def adopt(self, best: np.ndarray, best_l2: np.ndarray) -> None:
+        """Start from adversarials found before (a chained suite: the attacks ahead of this one on the same images,
+        which also checked every clean image): attacks continue from them, and only closer ones are recorded."""
+        if best.shape != self.images.shape or best_l2.shape != (len(self.images),):
+            raise ValueError(f"adopted adversarials {best.shape} / distances {best_l2.shape} do not fit images "
+                             f"{self.images.shape}")
+        self.best, self.best_l2 = best.astype(np.uint8), best_l2.astype(np.float64)
+        self.checked[:] = True
+
     @contextmanager
     def capped(self, limit: int | None) -> Iterator[BudgetedModel]:
         """Within the block, each image may spend at most ``limit`` more queries (None: no extra cap)."""

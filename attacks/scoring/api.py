@@ -138,15 +138,17 @@ def named_suite(preset: str | None, attacks: Sequence[str] | None, surrogates: S
 
 def fingerprint(suite: dict[str, Attack], model: LabelOnlyModel, images: np.ndarray, labels: np.ndarray,
                 indices: np.ndarray, budget: int, pooled: bool, seed: int, batch_images: int,
-                reference_steps: int | None) -> dict[str, Any]:
-    """Everything a score's results depend on; a resumed run must match it exactly."""
+                reference_steps: int | None, chain: bool = False) -> dict[str, Any]:
+    """Everything a score's results depend on; a resumed run must match it exactly (``chain`` is recorded only
+    when set, so that runs saved before it existed still resume)."""
     digest = hashlib.sha256(images.tobytes() + labels.astype(np.int64).tobytes()).hexdigest()
     manifest = getattr(model, "manifest", None)
     return {"attacks": {name: repr(attack) for name, attack in suite.items()}, "budget": budget,
             "pooled": pooled, "seed": seed, "batch_images": batch_images,
             "model": {"shape": list(model.info.shape), "num_classes": model.info.num_classes,
                       "sha256": manifest["sha256"] if manifest else None},
-            "reference_steps": reference_steps, "images_sha256": digest, "indices": indices.tolist()}
+            "reference_steps": reference_steps, "images_sha256": digest, "indices": indices.tolist(),
+            **({"chain": True} if chain else {})}
 
 
 def check_resumable(output: Path, settings: dict[str, Any], flag: str = "output",
@@ -244,7 +246,7 @@ def surrogate_folders(surrogates: Sequence[nn.Module | str | Path], shape: Image
 def score(model: nn.Module | str | Path | LabelOnlyModel, images: np.ndarray | torch.Tensor,
           labels: np.ndarray | torch.Tensor | Sequence[int], *, preset: str = "top5",
           attacks: Sequence[str] | None = None, surrogates: Sequence[nn.Module | str | Path] = (),
-          budget: int = 1000, pooled: bool = False, seed: int = 0, batch_images: int = 100,
+          budget: int = 1000, pooled: bool = False, chain: bool = False, seed: int = 0, batch_images: int = 100,
           device: str | torch.device = "auto", reference: bool = False, reference_steps: int = 1000,
           concurrency: int | None = None, output: str | Path | None = None, progress: bool = True) -> Results:
     """Score ``model`` on ``images``/``labels`` with the suite ``preset`` (or the registry's ``attacks``), each attack
@@ -286,17 +288,16 @@ def score(model: nn.Module | str | Path | LabelOnlyModel, images: np.ndarray | t
         indices = np.arange(len(x))
         if output is not None:
             check_resumable(folder, fingerprint(suite, label_only, x, y, indices, budget, pooled, seed, batch_images,
-                                                reference_steps if reference else None),
-                            )
+                                                reference_steps if reference else None, chain))
         where = "target" if isinstance(label_only, RemoteModel) else "model"
         info = RunInfo("attacks.score(...)", described, class_names,
                        {"dataset": "arrays", "data": None, "sample": "first", "images": len(x), "of": len(x)},
                        budget, pooled, seed, batch_images, {name: repr(a) for name, a in suite.items()}, notes,
-                       concurrency or DEFAULT_CONCURRENCY[where])
+                       concurrency or DEFAULT_CONCURRENCY[where], chain=chain)
         names = [f"{i:05d}" for i in indices]
         run = SuiteRun(label_only, x, y, suite, folder / "state", budget, pooled, seed, batch_images,
                        partial(minimal_l2, net, steps=reference_steps, device=chosen) if reference else None,
-                       progress, info.concurrency)
+                       progress, info.concurrency, chain=chain)
 
         def results(chunks: list, complete: bool) -> Results:
             return Results(collect(chunks, list(suite)), info, x, y, indices, names, time.perf_counter() - started,

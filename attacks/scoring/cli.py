@@ -8,8 +8,10 @@
 
 Each attack gets the query budget on each image; an image's distance is the minimum over
 the attacks of the verified L2 on [0, 1]; the score is the mean and median over images
-(docs/scoring.md). Results are written as each chunk of images finishes; rerunning the
-same command with the same --output resumes and ends with the same report.
+(docs/scoring.md). With --chain each attack starts from the best adversarials of those
+before it (the same queries, a tighter bound; not the competition's rule). Results are
+written as each chunk of images finishes; rerunning the same command with the same --output
+resumes and ends with the same report.
 
 Exit codes: 0 done; 1 unexpected failure; 2 bad input (flags, data, model or surrogate
 folders, an --output holding a different run, TLS files, a token the server refuses); 3
@@ -119,6 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--pooled", action="store_true",
                    help="the competition's pooled rule: each attack may spend budget x images of a chunk "
                         "wherever it likes, instead of budget on each image")
+    s.add_argument("--chain", action="store_true",
+                   help="start each attack from the closest adversarials of the attacks before it on the same images "
+                        "(each still spends its own budget): a stronger suite for the same queries, unlike the "
+                        "competition's independent attacks; an attack's figures are then the best after it")
     s.add_argument("--seed", type=non_negative_int, default=0,
                    help="seeds every attack (per chunk and attack) and --sample random")
     s.add_argument("--batch-images", metavar="N", type=positive_int, default=100,
@@ -299,7 +305,7 @@ def fingerprint(args: argparse.Namespace, suite: dict[str, Attack], model: Any, 
                 labels: np.ndarray, indices: np.ndarray) -> dict[str, Any]:
     """Everything the results depend on (:func:`attacks.scoring.api.fingerprint`); a resumed run must match it."""
     return run_fingerprint(suite, model, images, labels, indices, args.budget, args.pooled, args.seed,
-                           args.batch_images, args.reference_steps if reference_wanted(args) else None)
+                           args.batch_images, args.reference_steps if reference_wanted(args) else None, args.chain)
 
 
 def reference_wanted(args: argparse.Namespace) -> bool:
@@ -360,11 +366,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "sample": args.sample, "images": len(indices), "of": total},
                    args.budget, args.pooled, args.seed, args.batch_images,
                    {name: repr(attack) for name, attack in suite.items()}, notes,
-                   args.concurrency if runner is None else runner.workers, None if runner is None else runner.workers)
+                   args.concurrency if runner is None else runner.workers, None if runner is None else runner.workers,
+                   args.chain)
     data = {"indices": indices, "names": [evalset.names[i] for i in indices], "labels": labels, "images": images,
             "worst": worst_case_l2(images)}
     run = SuiteRun(model, images, labels, suite, args.output / "state", args.budget, args.pooled, args.seed,
-                   args.batch_images, reference, args.progress, args.concurrency, runner)
+                   args.batch_images, reference, args.progress, args.concurrency, runner, args.chain)
     try:
         run.run(lambda chunks: write_reports(args.output, info, chunks, data, started, complete=False))
     except DefenseError as err:

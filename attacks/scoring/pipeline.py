@@ -3,10 +3,14 @@
 The unit of work is one attack on one chunk of ``batch_images`` images, on a fresh
 :class:`BudgetedModel`: every attack gets the whole per-image budget (or pool), as each
 attack did in the competition, and an image's score is the minimum over attacks
-(docs/scoring.md). When a unit finishes, its ledger (:meth:`BudgetedModel.state`) is
-saved atomically under ``state/``; a rerun loads finished units and runs only the rest.
-Each unit's generator is seeded by (seed, chunk, attack), so a resumed run reproduces an
-uninterrupted one exactly; a unit cut off halfway is run again from its start.
+(docs/scoring.md). With ``chain``, each attack of a chunk also starts from the closest
+adversarials of the attacks before it (:meth:`BudgetedModel.adopt`), so later attacks refine
+earlier ones' points instead of starting over: the same queries, a stronger suite, and an
+attack's distances are then the best after it. When a unit finishes, its ledger
+(:meth:`BudgetedModel.state`) is saved atomically under ``state/``; a rerun loads finished
+units and runs only the rest. Each unit's generator is seeded by (seed, chunk, attack), so a
+resumed run reproduces an uninterrupted one exactly; a unit cut off halfway is run again from
+its start.
 
 After a chunk's attacks, each image's winning adversarial is classified once more
 (``verify``: not charged to any attack's budget), and with the model in hand the
@@ -14,11 +18,12 @@ white-box reference distance is computed (``reference``), starting both from the
 images and from the suite's winning adversarials.
 
 Units run ``concurrency`` at a time in worker threads, started in the order above (every
-attack of chunk 0, then chunk 1, ...), so that several requests are in flight and a server's
-batches fill; chunks are verified, referenced and reported strictly in order in the calling
-thread. A worker thread runs its unit itself (:func:`run_unit`), or hands it to a
-:class:`UnitRunner` that runs it elsewhere (:mod:`attacks.scoring.distributed`: Ray workers)
-and returns the same state; saving, resuming and everything after the attacks stay here.
+attack of chunk 0, then chunk 1, ...; chained, one thread per chunk runs its attacks in turn),
+so that several requests are in flight and a server's batches fill; chunks are verified,
+referenced and reported strictly in order in the calling thread. A worker thread runs its
+unit itself (:func:`run_unit`), or hands it to a :class:`UnitRunner` that runs it elsewhere
+(:mod:`attacks.scoring.distributed`: Ray workers) and returns the same state; saving,
+resuming and everything after the attacks stay here.
 Each unit has its own ledger, generator and call counter, so its results do not
 depend on what runs beside it. If a unit fails or the caller is interrupted, the run's stop
 event makes every other unit raise :class:`Stopped` at its next model call, units not yet
@@ -28,7 +33,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,7 +88,7 @@ class RunControl:
         with self.lock:
             self.bar.set_description(what)
 
-    def guard(self, work: Callable[..., AttackResult], *args: object) -> AttackResult:
+    def guard(self, work: Callable[..., list[AttackResult]], *args: object) -> list[AttackResult]:
         """``work(*args)`` in a worker thread; any failure but :class:`Stopped` becomes the run's error and stops it."""
         try:
             return work(*args)
@@ -95,8 +100,8 @@ class RunControl:
             self.stop.set()
             raise
 
-    def result(self, future: Future[AttackResult]) -> AttackResult:
-        """The unit's result; for a unit that was stopped, the error that stopped the run."""
+    def result(self, future: Future[list[AttackResult]]) -> list[AttackResult]:
+        """The units' results; for units that were stopped, the error that stopped the run."""
         try:
             return future.result()
         except Stopped:
@@ -143,6 +148,7 @@ class Unit:
     budget: int
     pooled: bool
     seed: int
+    start: tuple[np.ndarray, np.ndarray] | None = None  # chained: the attacks before it found these (best, best_l2)
 
     def rng(self) -> np.random.Generator:
         return np.random.default_rng([self.seed, self.chunk, self.index])
@@ -154,6 +160,8 @@ def run_unit(model: LabelOnlyModel, attack: Attack, unit: Unit,
     ledger's :meth:`BudgetedModel.state`, ``seconds`` and model ``calls``) and the images it asked about."""
     counter = CountingModel(model, control, unit.chunk, unit.name)
     ledger = BudgetedModel(counter, unit.images, unit.labels, budget=unit.budget, pooled=unit.pooled)
+    if unit.start is not None:
+        ledger.adopt(*unit.start)
     began = time.perf_counter()
     with ledger.tagged(unit.name):
         attack.run(ledger, np.arange(len(unit.images)), unit.rng())
@@ -196,14 +204,15 @@ class SuiteRun:
     """``attacks`` (name -> attack, in suite order) on ``images``/``labels`` of ``model``; state in ``state_dir``.
 
     ``concurrency`` units run at once (``model`` must then take calls from several threads), or with ``runner``
-    its ``workers`` do, each with its own model, and ``model`` here only verifies; setting :attr:`stop` ends a
-    running :meth:`run` at its units' next model calls.
+    its ``workers`` do, each with its own model, and ``model`` here only verifies; with ``chain`` each attack starts
+    from the best of those before it on its chunk (module docstring); setting :attr:`stop` ends a running :meth:`run`
+    at its units' next model calls.
     """
 
     def __init__(self, model: LabelOnlyModel, images: np.ndarray, labels: np.ndarray, attacks: dict[str, Attack],
                  state_dir: Path, budget: int = 1000, pooled: bool = False, seed: int = 0, batch_images: int = 100,
                  reference: Reference | None = None, progress: bool = True, concurrency: int = 1,
-                 runner: UnitRunner | None = None) -> None:
+                 runner: UnitRunner | None = None, chain: bool = False) -> None:
         self.model = model
         self.images = images
         self.labels = np.asarray(labels, dtype=np.int64)
@@ -217,6 +226,7 @@ class SuiteRun:
         self.progress = progress
         self.concurrency = concurrency if runner is None else runner.workers
         self.runner = runner
+        self.chain = chain
         self.stop = threading.Event()
         self.chunks: list[ChunkResult] = []
 
@@ -234,11 +244,12 @@ class SuiteRun:
               ThreadPoolExecutor(self.concurrency, thread_name_prefix="score-unit") as pool):
             control = RunControl(bar, self.stop)
             try:
-                units = [[pool.submit(control.guard, self._attack, control, chunk, start, index, name)
-                          for index, name in enumerate(self.attacks)]
+                # a future per unit, or chained, one per chunk that runs its attacks in turn
+                queues = [range(len(self.attacks))] if self.chain else [[i] for i in range(len(self.attacks))]
+                units = [[pool.submit(control.guard, self._attacks, control, chunk, start, queue) for queue in queues]
                          for chunk, start in enumerate(starts)]
                 for chunk, (start, futures) in enumerate(zip(starts, units, strict=True)):
-                    results = [control.result(future) for future in futures]
+                    results = [result for future in futures for result in control.result(future)]
                     self.chunks.append(self._chunk(control, chunk, start, results))
                     best = collect(self.chunks, list(self.attacks)).best
                     with control.lock:
@@ -250,10 +261,23 @@ class SuiteRun:
                 raise
         return self.chunks
 
-    def _attack(self, control: RunControl, chunk: int, start: int, index: int, name: str) -> AttackResult:
-        """One unit, in a worker thread: its saved state, or the attack run (here or by the runner) and saved."""
+    def _attacks(self, control: RunControl, chunk: int, start: int, indices: Sequence[int]) -> list[AttackResult]:
+        """The attacks ``indices`` of the suite on one chunk, in turn, in a worker thread; chained, each from the
+        results of the one before."""
+        results: list[AttackResult] = []
+        for index in indices:
+            after = results[-1] if self.chain and results else None
+            results.append(self._attack(control, chunk, start, index, after))
+        return results
+
+    def _attack(self, control: RunControl, chunk: int, start: int, index: int,
+                after: AttackResult | None) -> AttackResult:
+        """One unit: its saved state, or the attack run (here or by the runner; from ``after``'s adversarials when
+        given) and saved."""
         rows = slice(start, start + self.batch_images)
-        unit = Unit(chunk, index, name, self.images[rows], self.labels[rows], self.budget, self.pooled, self.seed)
+        name = list(self.attacks)[index]
+        unit = Unit(chunk, index, name, self.images[rows], self.labels[rows], self.budget, self.pooled, self.seed,
+                    None if after is None else (after.best, after.distances))
         path = self.state_dir / f"c{chunk:04d}-a{index:02d}.npz"
         if path.exists():
             with np.load(path, allow_pickle=False) as saved:

@@ -40,13 +40,19 @@ class RunInfo:
     notes: list[str] = field(default_factory=list)
     concurrency: int = 1  # units run at once in this session: information only, the results do not depend on it
     workers: int | None = None  # Ray workers that ran this session's units (None: this process ran them)
+    chain: bool = False  # each attack started from the best adversarials of the attacks before it
 
     @property
     def budget_rule(self) -> str:
         if self.pooled:
-            return (f"pooled: each attack may spend {self.budget} x (images in a chunk of at most {self.batch_images}) "
+            rule = (f"pooled: each attack may spend {self.budget} x (images in a chunk of at most {self.batch_images}) "
                     f"queries per chunk, wherever it likes (the competition's rule when one chunk holds every image)")
-        return f"per image: each attack may spend at most {self.budget} queries on each image"
+        else:
+            rule = f"per image: each attack may spend at most {self.budget} queries on each image"
+        if self.chain:
+            rule += ("; chained: each attack started from the closest adversarials of the attacks before it, so an "
+                     "attack's figures are the best after it")
+        return rule
 
 
 def header() -> dict[str, Any]:
@@ -110,7 +116,7 @@ def build_results(info: RunInfo, scores: Scores, indices: np.ndarray, names: lis
     return {**header(), "complete": complete, "error": error, "trades_avc_version": __version__,
             "command": info.command, "model": info.model, "data": info.data,
             "budget": {"rule": "pooled" if info.pooled else "per_image", "queries": info.budget,
-                       "description": info.budget_rule},
+                       "chained": info.chain, "description": info.budget_rule},
             "worst_case": WORST_CASE_RULE, "seed": info.seed, "batch_images": info.batch_images,
             "concurrency": info.concurrency, "workers": info.workers, "notes": info.notes, "summary": summary,
             "distances": score.tolist(),

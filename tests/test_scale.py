@@ -142,6 +142,15 @@ def test_ray_workers_score_as_one_process_load_surrogates_once_and_a_killed_run_
         assert len({w["pid"] for w in run}) == 2 and [w["surrogate_loads"] for w in run] == [1, 1]
 
 
+def test_a_chained_score_on_ray_workers_gives_the_single_process_results(ray_cluster, artifact_dir, folder, tmp_path,
+                                                                         no_plots):
+    """--chain on workers: each unit carries the adversarials of the one before it to whichever worker runs it."""
+    args = ["--model", artifact_dir, "--data", folder, "--no-reference", *CHEAP, "--chain"]
+    assert score(*args, "--output", tmp_path / "single") == 0
+    assert score(*args, "--ray", "--output", tmp_path / "ray") == 0
+    assert images_of(tmp_path / "ray") == images_of(tmp_path / "single") and read(tmp_path / "ray")["budget"]["chained"]
+
+
 def test_ray_flags_are_checked_before_any_work_and_nothing_imports_ray_without_them(monkeypatch, capsys):
     for argv, message in ((["--model", "m", "--workers", "2"], "--workers: only with --ray or --ray-address"),
                           (["--target", "t:1", "--ray", "--concurrency", "2"], "--concurrency: not with --ray"),

@@ -27,8 +27,9 @@ data:
 		|| echo "note: could not install dataset-fashion-mnist; tests do not need it"; \
 	else echo "note: Fashion-MNIST not in $(FMNIST); install dataset-fashion-mnist or pass --data/--download"; fi
 
+# Two pytest-xdist workers: CI's machine has 2 cores and every test runs one torch thread.
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2
 
 # The linter (rules in pyproject.toml [tool.ruff]); CI fails on any finding.
 lint: setup

@@ -3,7 +3,8 @@
 A suite is data (CONTRIBUTING.md "House style", after Foolbox): a tuple of :class:`SuiteEntry`, each an
 ``ATTACKS`` name, its keyword arguments and the paper it comes from. Each attack of a
 suite gets its own per-image budget and the image's score is the minimum over them, so
-the best suites combine attacks that win on *different* images.
+the best suites combine attacks that win on *different* images. Chained (``score.py --chain``),
+each attack starts from the closest points of those before it, in the suite's order.
 
 Attacks that use local surrogate models (``transfer``, ``biased_boundary``, ``prior_geoda``, ``prior_cgba``) get the
 surrogate artifact folders, and the device their gradients run on, from :func:`attacks.build_suite`; without any

@@ -39,12 +39,14 @@ from attacks.methods.prior_cgba import PriorCGBA
 from attacks.methods.prior_geoda import PriorGeoDA
 from attacks.methods.registry import ATTACKS, attack_name, build_attack, build_suite, create_attack, name_attacks
 from attacks.methods.suite import PRESETS, SURROGATE_ATTACKS, SuiteEntry
+from attacks.methods.tangent import TangentAttack
 from attacks.methods.transfer import TransferAttack
+from attacks.methods.triangle import TriangleAttack
 from attacks.scoring.api import Results, score
 
 __all__ = ["ATTACKS", "CGBA", "PRESETS", "SURROGATE_ATTACKS", "AdditiveGaussianNoise", "AdditiveUniformNoise",
            "ArtifactModel", "Attack", "BiasedBoundaryAttack", "BlendedUniformNoise", "BoundaryAttack",
            "BudgetExceeded", "BudgetedModel", "ContrastReduction", "GeoDA", "HopSkipJump", "LabelOnlyModel",
-           "OtherClassBlend", "PriorCGBA", "PriorGeoDA", "RemoteModel", "Results", "SuiteEntry", "TorchModel",
-           "TransferAttack",
+           "OtherClassBlend", "PriorCGBA", "PriorGeoDA", "RemoteModel", "Results", "SuiteEntry", "TangentAttack",
+           "TorchModel", "TransferAttack", "TriangleAttack",
            "attack_name", "build_attack", "build_suite", "create_attack", "name_attacks", "score"]

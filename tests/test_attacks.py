@@ -18,7 +18,9 @@ from attacks import (
     BudgetExceeded,
     GeoDA,
     HopSkipJump,
+    TangentAttack,
     TorchModel,
+    TriangleAttack,
     create_attack,
 )
 from attacks.access.lattice import l2, quantize
@@ -112,11 +114,13 @@ def true_normals(problem) -> np.ndarray:
 
 @pytest.mark.parametrize("attack, smooth, tolerance", [
     (HopSkipJump(init=NOISE_START), False, 1.10),
+    (TangentAttack(init=NOISE_START), False, 1.10),
+    (TriangleAttack(freq=1.0, init=NOISE_START), False, 1.30),  # made for small budgets; slower to converge
     (GeoDA(freq=1.0, init=NOISE_START), False, 1.10),  # a random linear model has no low-frequency prior
     (GeoDA(init=NOISE_START), True, 1.10),
     (BoundaryAttack(freq=1.0, init=NOISE_START), False, 1.50),
     (BoundaryAttack(init=NOISE_START), True, 1.50),
-], ids=["hsja", "geoda-full-space", "geoda-smooth", "boundary-full-space", "boundary-smooth"])
+], ids=["hsja", "tangent", "triangle", "geoda-full-space", "geoda-smooth", "boundary-full-space", "boundary-smooth"])
 
 
 def test_linear_model_distance_approaches_the_exact_minimum(attack, smooth, tolerance):
@@ -138,7 +142,7 @@ def test_every_attack_stays_within_budget_and_reports_verified_adversarials(name
     found = np.flatnonzero(np.isfinite(model.best_l2))
     assert np.all(net(model.best[found]) != labels[found]), "every reported adversarial is misclassified as sent"
     np.testing.assert_allclose(model.best_l2[found], l2(to_unit(model.best[found]), to_unit(images[found])))
-    if name in ("boundary", "hsja", "geoda"):
+    if name in ("boundary", "hsja", "tangent", "triangle", "geoda"):
         assert len(found) == len(images)
     for i in range(2):  # one image alone: the independent count is that image's count
         alone = CountingModel(net)

@@ -1,5 +1,8 @@
-"""Line searches at uint8 resolution: bisection toward the clean image, and a geometric step along a direction."""
+"""Line searches at uint8 resolution: bisection toward the clean image, and halving steps along a direction or to a
+tangent point until adversarial."""
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import numpy as np
 
@@ -40,18 +43,62 @@ def jump(model: BudgetedModel, ids: np.ndarray, points: np.ndarray, direction: n
 
     Returns the new points and which rows moved.
     """
+    return halving_search(model, ids, points, step, lambda rows, size: points[rows] + size[:, None] * direction[rows])
+
+
+def tangent_jump(model: BudgetedModel, ids: np.ndarray, clean: np.ndarray, points: np.ndarray, normal: np.ndarray,
+                 radius: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Move each boundary point to the tangent point of :func:`tangent_points` from ``clean`` on the hemisphere of
+    ``radius`` around it, halving each radius until adversarial (Tangent Attack's progression, HSJA's jump
+    otherwise); a row whose move rounds away or whose budget is spent stays put.
+
+    Returns the new points and which rows moved.
+    """
+    return halving_search(model, ids, points, radius,
+                          lambda rows, size: tangent_points(clean[rows], points[rows], normal[rows], size))
+
+
+def tangent_points(clean: np.ndarray, centre: np.ndarray, normal: np.ndarray, radius: np.ndarray) -> np.ndarray:
+    """Per row, where the line from ``clean`` touches the hemisphere of ``radius`` around ``centre`` on the side
+    unit ``normal`` points to, in the 2-D plane of ``clean - centre`` and ``normal``: the point of that hemisphere
+    whose ray from ``clean`` leaves it nearest ``clean`` (Ma et al., "Finding Optimal Tangent Points for Reducing
+    Distortions of Hard-label Attacks", NeurIPS 2021). A radius of at least ``|clean - centre|`` gives ``clean``.
+    """
+    out = clean.astype(np.float64) - centre
+    dist = np.linalg.norm(out, axis=1)
+    height = np.einsum("ij,ij->i", out, normal)
+    across = out - height[:, None] * normal
+    across /= np.maximum(np.linalg.norm(across, axis=1, keepdims=True), 1e-12)
+    sin_a = np.clip(-height / np.maximum(dist, 1e-12), -1.0, 1.0)  # clean's angle below the tangent plane
+    cos_a = np.sqrt(1.0 - sin_a ** 2)
+    cos_b = np.clip(radius / np.maximum(dist, 1e-12), 0.0, 1.0)  # the tangent's angle at clean, seen from centre
+    sin_b = np.sqrt(1.0 - cos_b ** 2)
+    sin_g, cos_g = sin_b * cos_a - cos_b * sin_a, cos_b * cos_a + sin_b * sin_a
+    point = centre + (radius * cos_g)[:, None] * across + (radius * sin_g)[:, None] * normal
+    return point.astype(np.float32)
+
+
+def halving_search(model: BudgetedModel, ids: np.ndarray, points: np.ndarray, step: np.ndarray,
+                   propose: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Move each row of ``points`` to ``propose(rows, step)`` (unquantized candidates for those rows), halving its
+    step until the quantized candidate is adversarial; a row whose move is under half a uint8 step in every pixel,
+    or whose budget is spent, stays put. Returns the new points and which rows moved.
+    """
     out = points.copy()
-    step = step.astype(np.float32)
+    step = np.asarray(step, dtype=np.float32).copy()
     pending = np.ones(len(ids), dtype=bool)
     moved = np.zeros(len(ids), dtype=bool)
-    largest = np.abs(direction).max(axis=1)
     while True:
-        pending &= step * largest >= STEP / 2
         rows = np.flatnonzero(pending)
         rows = rows[model.remaining(ids[rows]) >= 1]
         if not len(rows):
             return out, moved
-        candidates = quantize(points[rows] + step[rows, None] * direction[rows])
+        candidates = propose(rows, step[rows])
+        small = np.abs(candidates - points[rows]).max(axis=1) < STEP / 2
+        pending[rows[small]] = False
+        rows, candidates = rows[~small], quantize(candidates[~small])
+        if not len(rows):
+            continue
         is_adv = model.is_adversarial(candidates, ids[rows])
         out[rows[is_adv]] = candidates[is_adv]
         moved[rows[is_adv]] = True

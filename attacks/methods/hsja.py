@@ -58,6 +58,13 @@ class HopSkipJump(Attack):
             delta = np.maximum(delta, self.min_probe * np.sqrt(dim) * STEP).astype(np.float32)
             grad = estimate_normal(model, ids[rows], boundary[rows], delta, evals[rows], rng, self.freq,
                                    self.probe_rows)
-            jumped, moved = jump(model, ids[rows], boundary[rows], unit_rows(grad), dist / np.sqrt(t))
+            jumped, moved = self._step(model, ids[rows], clean[rows], boundary[rows], unit_rows(grad),
+                                       dist / np.sqrt(t))
             rows = rows[moved]
             boundary[rows], _ = bisect(model, ids[rows], clean[rows], jumped[moved])
+
+    def _step(self, model: BudgetedModel, ids: np.ndarray, clean: np.ndarray, boundary: np.ndarray,
+              normal: np.ndarray, size: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """From the boundary points, along the estimated normal, to adversarial points that the bisection toward
+        ``clean`` brings back to the boundary; ``size`` is the paper's step, ``dist / sqrt(t)``."""
+        return jump(model, ids, boundary, normal, size)

@@ -30,7 +30,9 @@ from attacks.methods.other_class import OtherClassBlend
 from attacks.methods.prior_cgba import PriorCGBA
 from attacks.methods.prior_geoda import PriorGeoDA
 from attacks.methods.suite import PRESETS, SURROGATE_ATTACKS, SuiteEntry
+from attacks.methods.tangent import TangentAttack
 from attacks.methods.transfer import TransferAttack
+from attacks.methods.triangle import TriangleAttack
 
 PLUGIN_GROUP = "trades_avc.attacks"  # the entry-point group other packages register their attacks under
 
@@ -42,8 +44,10 @@ BUILTIN_ATTACKS: dict[str, type[Attack]] = {
     "other_class": OtherClassBlend,
     "boundary": BoundaryAttack,
     "hsja": HopSkipJump,
+    "tangent": TangentAttack,
     "geoda": GeoDA,
     "cgba": CGBA,
+    "triangle": TriangleAttack,
     "biased_boundary": BiasedBoundaryAttack,
     "transfer": TransferAttack,
     "prior_geoda": PriorGeoDA,

@@ -31,9 +31,10 @@ import numpy as np
 
 from attacks.access.budgeted import BudgetedModel
 from attacks.access.lattice import quantize
-from attacks.blocks.directions import sample_directions, unit_rows
+from attacks.blocks.directions import sample_directions
 from attacks.blocks.linesearch import bisect
 from attacks.methods.base import Attack, with_starts
+from attacks.methods.cgba import Semicircle
 from attacks.methods.starts import STARTS
 
 
@@ -73,7 +74,7 @@ class TriangleAttack(Attack):
     def _iteration(self, model: BudgetedModel, ids: np.ndarray, plane: Triangles,
                    alpha: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """One iteration for every row; returns the rows' closest adversarials and their new ``alpha``."""
-        points, side = plane.adv.copy(), np.ones(len(ids))
+        points, side = plane.boundary.copy(), np.ones(len(ids))
         theta = first_angle(alpha)
         hit = self._both_sides(model, ids, plane, points, alpha, side, np.arange(len(ids)), theta)
         left, right = theta, np.pi - alpha
@@ -118,19 +119,13 @@ def first_angle(alpha: np.ndarray) -> np.ndarray:
     return np.maximum(np.pi - 2 * alpha, 0) + np.minimum(np.pi / 16, alpha / 2)
 
 
-class Triangles:
-    """Per row, the plane through the clean image ``x`` spanned by ``a - x`` and a direction across it."""
-
-    def __init__(self, clean: np.ndarray, adv: np.ndarray, direction: np.ndarray) -> None:
-        self.clean, self.adv = clean, adv
-        offset = (adv - clean).astype(np.float64)
-        self.dist = np.linalg.norm(offset, axis=1)
-        self.along = unit_rows(offset)
-        self.across = unit_rows(direction - np.sum(direction * self.along, axis=1, keepdims=True) * self.along)
+class Triangles(Semicircle):
+    """Per row, CGBA's plane through the clean image ``x`` spanned by ``a - x`` (``a`` in ``boundary``, the closest
+    adversarial so far) and a direction across it, with the triangle's corners besides the semicircle's points."""
 
     def corner(self, rows: np.ndarray, alpha: np.ndarray, theta: np.ndarray, side: np.ndarray) -> np.ndarray:
         """The third corners for ``rows``: angle ``theta`` at ``x`` on ``side`` (+-1) of ``a - x``, ``alpha`` at
         the corner, so ``|a - x| sin(alpha + theta) / sin(alpha)`` from ``x``."""
-        length = self.dist[rows] * np.sin(alpha + theta) / np.sin(alpha)
+        length = self.radius[rows] * np.sin(alpha + theta) / np.sin(alpha)
         direction = np.cos(theta)[:, None] * self.along[rows] + (side * np.sin(theta))[:, None] * self.across[rows]
         return (self.clean[rows] + length[:, None] * direction).astype(np.float32)

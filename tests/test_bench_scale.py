@@ -23,7 +23,8 @@ def test_scale_bench_runs_every_scenario_and_prints_the_speed_ups(tmp_path, caps
     assert runs["ray-2"]["workers"] == 2 and runs["single"]["workers"] is None
     assert len(runs["ray-2, 2 replicas"]["server_images"]) == 2 and min(runs["ray-2, 2 replicas"]["server_images"]) > 0
     assert set(report["projection"]["hours"]) == {f"{n}x{m}" for n in bench.REPLICAS for m in bench.WORKERS}
-    assert report["costs"]["client_cpu_s_per_query"] > 0 and report["costs"]["server_overhead_s_per_image"] > 0
+    # a difference of two measured times (bench/scale.py shape_costs): never negative, zero on a busy core
+    assert report["costs"]["client_cpu_s_per_query"] > 0 and report["costs"]["server_overhead_s_per_image"] >= 0
     lines = capsys.readouterr().out.splitlines()
     assert re.fullmatch(r"ray 2-worker speed-up: \d+\.\d\d", lines[-2])
     assert re.fullmatch(r"2-replica speed-up: \d+\.\d\d", lines[-1])

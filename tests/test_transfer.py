@@ -249,12 +249,37 @@ def test_robust_bias_takes_its_gradient_from_the_adversarially_trained_surrogate
     natural = str(linear[1])  # its manifest names no training loss: not adversarially trained
     robust = str(surrogate_dir)  # training.loss "trades"
     assert robust_surrogates([natural, robust]) == (robust,)
-    assert BiasedBoundaryAttack(surrogates=(natural, robust), gradient_from="robust").gradient_surrogates() == (robust,)
-    assert BiasedBoundaryAttack(surrogates=(natural, robust)).gradient_surrogates() == (natural, robust)
-    with pytest.warns(UserWarning, match="no surrogate is adversarially trained"):
-        assert BiasedBoundaryAttack(surrogates=(natural,), gradient_from="robust").gradient_surrogates() == (natural,)
+    both = (natural, robust)
+    assert BiasedBoundaryAttack(surrogates=both, gradient_from="robust").gradient_sources() == ((robust,),)
+    assert BiasedBoundaryAttack(surrogates=both).gradient_sources() == (both,)
+    assert BiasedBoundaryAttack(surrogates=both, gradient_from="adaptive").gradient_sources() == ((robust,), both)
+    assert BiasedBoundaryAttack(surrogates=(robust,), gradient_from="adaptive").gradient_sources() == ((robust,),)
+    for gradient_from in ("robust", "adaptive"):
+        with pytest.warns(UserWarning, match="no surrogate is adversarially trained"):
+            attack = BiasedBoundaryAttack(surrogates=(natural,), gradient_from=gradient_from)
+            assert attack.gradient_sources() == ((natural,),)
     with pytest.raises(ValueError, match="gradient_from must be one of"):
         BiasedBoundaryAttack(surrogates=(robust,), gradient_from="natural")
+
+
+def test_adaptive_bias_learns_per_image_which_surrogate_gradient_to_follow(tmp_path, linear):
+    """A misleading robust surrogate (the target's weights negated) beside the right one: "robust" follows the wrong
+    gradient, "adaptive" learns to take the ensemble of all and ends about as close as "all" does."""
+    problem, right = linear
+    flipped = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 3, bias=False))
+    flipped[1].weight.data = -problem.model.net[1].weight.data.clone()
+    wrong = save_artifact(flipped, tmp_path / "wrong", input_shape=(8, 8, 1), class_names=["a", "b", "c"],
+                          arch="linear", dataset="test", training={"loss": "trades"}, metrics={})
+    medians = {}
+    for gradient_from in ("all", "robust", "adaptive"):
+        attack = BiasedBoundaryAttack(surrogates=(str(right), str(wrong)), gradient_from=gradient_from, freq=1.0,
+                                      bias=0.8, init=NOISE_START)
+        model = BudgetedModel(problem.model, problem.images, problem.labels, budget=300)
+        attack.run(model, np.arange(len(problem.images)), np.random.default_rng(0))
+        medians[gradient_from] = float(np.median(model.best_l2 / problem.exact))
+    assert medians["all"] < medians["robust"], "the fixture's robust gradient must mislead"
+    assert medians["adaptive"] < medians["robust"]
+    assert medians["adaptive"] <= 1.05 * medians["all"], medians
 
 
 def test_surrogate_gradients_flow_through_an_exported_artifact(surrogate_dir):

@@ -61,10 +61,13 @@ CANDIDATES: dict[str, SuiteEntry] = {
     "biased_boundary": SuiteEntry("biased_boundary"),
     "biased_boundary-0.25": SuiteEntry("biased_boundary", {"bias": 0.25}),
     "biased_boundary-robust": TRANSFER_BIASED.kwargs["refine"],
+    "biased_boundary-adaptive": SuiteEntry("biased_boundary", {"gradient_from": "adaptive"}),
     "transfer": SuiteEntry("transfer"),
     "transfer-lines-only": SuiteEntry("transfer", {"refine": None}),
     "transfer-biased": SuiteEntry("transfer", {"refine": SuiteEntry("biased_boundary")}),
     "transfer-biased-robust": TRANSFER_BIASED,
+    "transfer-biased-adaptive": SuiteEntry("transfer", {"refine": SuiteEntry("biased_boundary",
+                                                                             {"gradient_from": "adaptive"})}),
     "transfer-cgba": TRANSFER_CGBA,
 }
 

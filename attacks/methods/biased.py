@@ -63,18 +63,17 @@ class BiasedBoundaryAttack(BoundaryAttack):
             raise ValueError(f"gradient_from must be one of {GRADIENT_FROM}, got {self.gradient_from!r}")
 
     def gradient_sources(self) -> tuple[tuple[str, ...], ...]:
-        """The surrogate ensembles a step's bias gradient may come from (one, or with ``"adaptive"`` the robust
-        ones and all, when those differ)."""
+        """The surrogate ensembles a step's bias gradient may come from: one, or with ``"adaptive"`` the robust
+        ones and all of them when both kinds are given."""
         if self.gradient_from == "all":
             return (self.surrogates,)
         robust = robust_surrogates(self.surrogates)
-        if not robust:
-            warnings.warn(f"gradient_from={self.gradient_from!r} but no surrogate is adversarially trained; the bias "
-                          f"uses all {len(self.surrogates)}", UserWarning, stacklevel=2)
+        if self.gradient_from == "robust" and not robust:
+            warnings.warn(f"gradient_from='robust' but no surrogate is adversarially trained; the bias uses all "
+                          f"{len(self.surrogates)}", UserWarning, stacklevel=2)
+        if not robust or robust == self.surrogates:
             return (self.surrogates,)
-        if self.gradient_from == "robust" or robust == self.surrogates:
-            return (robust,)
-        return (robust, self.surrogates)
+        return (robust,) if self.gradient_from == "robust" else (robust, self.surrogates)
 
     def _sampler(self, model: BudgetedModel, ids: np.ndarray,
                  rng: np.random.Generator) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:

@@ -55,10 +55,10 @@ PRIOR_CGBA = SuiteEntry("prior_cgba", source="CGBA (Reza et al., ICCV 2023) with
                                              "point, as in Prior-OPT (Ma et al., ICLR 2025) and SQBA (Park, Miller & "
                                              "McLaughlin, WACV 2024)")
 
-TRANSFER_BIASED = SuiteEntry("transfer", {"refine": SuiteEntry("biased_boundary", {"gradient_from": "robust"})},
+TRANSFER_BIASED = SuiteEntry("transfer", {"refine": SuiteEntry("biased_boundary", {"gradient_from": "adaptive"})},
                              source="The NeurIPS 2018 AVC untargeted winners' recipe (Brunner et al., ICCV 2019): a "
-                                    "transfer start, then a Boundary Attack biased by an adversarially trained "
-                                    "surrogate's gradient")
+                                    "transfer start, then a Boundary Attack biased by surrogate gradients (per image, "
+                                    "the adversarially trained surrogates' or all of them, whichever steps succeed)")
 
 # Chosen by measuring (bench/presets.py; the figures, commands and machine are in docs/benchmarks.md
 # "Choosing the top5 preset"): small CNNs, natural and TRADES, on Fashion-MNIST (28x28x1) and on its 64x64x3
@@ -70,8 +70,10 @@ TRANSFER_BIASED = SuiteEntry("transfer", {"refine": SuiteEntry("biased_boundary"
 # remains without surrogates; at 28x28x1 the transfer start, HSJA and the AVC winners' transfer + biased Boundary
 # Attack make up the rest. The best five overall (HSJA, prior_geoda, transfer + biased Boundary, transfer + CGBA,
 # prior_cgba) were within 1% and keep only HSJA without surrogates. quick is the best pair within top5 that keeps
-# a surrogate-free attack.
+# a surrogate-free attack. The order is for --chain (docs/benchmarks.md "The biased Boundary Attack's gradient, and
+# its place in the chain"): the biased Boundary Attack, with each image's gradient source chosen by its step
+# successes, fourth and the GeoDA-refined transfer start after it.
 PRESETS: dict[str, tuple[SuiteEntry, ...]] = {
-    "top5": (TRANSFER_CGBA, CGBA, HSJA, TRANSFER, TRANSFER_BIASED),
+    "top5": (TRANSFER_CGBA, CGBA, HSJA, TRANSFER_BIASED, TRANSFER),
     "quick": (TRANSFER_CGBA, CGBA),
 }

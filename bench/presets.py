@@ -38,6 +38,8 @@ from avc_common.cli import HelpFormatter
 from avc_common.data.fashion_mnist import FASHION_MNIST_DIR
 from bench.targets import MODELS, fitting, input_shape, parse_models, test_split
 
+ROBUST_BIASED = SuiteEntry("biased_boundary", {"gradient_from": "robust"})  # the top5's before it was adaptive
+
 # label -> attack; surrogate attacks (nested ones too) get the --surrogates of the model's shape
 CANDIDATES: dict[str, SuiteEntry] = {
     "geoda": SuiteEntry("geoda"),
@@ -60,13 +62,12 @@ CANDIDATES: dict[str, SuiteEntry] = {
     "triangle-0.5": SuiteEntry("triangle", {"freq": 0.5}),
     "biased_boundary": SuiteEntry("biased_boundary"),
     "biased_boundary-0.25": SuiteEntry("biased_boundary", {"bias": 0.25}),
-    "biased_boundary-robust": SuiteEntry("biased_boundary", {"gradient_from": "robust"}),
+    "biased_boundary-robust": ROBUST_BIASED,
     "biased_boundary-adaptive": TRANSFER_BIASED.kwargs["refine"],
     "transfer": SuiteEntry("transfer"),
     "transfer-lines-only": SuiteEntry("transfer", {"refine": None}),
     "transfer-biased": SuiteEntry("transfer", {"refine": SuiteEntry("biased_boundary")}),
-    "transfer-biased-robust": SuiteEntry("transfer", {"refine": SuiteEntry("biased_boundary",
-                                                                           {"gradient_from": "robust"})}),
+    "transfer-biased-robust": SuiteEntry("transfer", {"refine": ROBUST_BIASED}),
     "transfer-biased-adaptive": TRANSFER_BIASED,
     "transfer-cgba": TRANSFER_CGBA,
 }

@@ -44,12 +44,18 @@ def target(surrogate_dir):
     return model, images, model(images)
 
 
+def save_linear(net: torch.nn.Module, folder, training: dict | None = None):
+    """A net of the linear problem's shape (8x8x1 images, 3 classes) as a surrogate artifact; ``training`` is its
+    manifest's training record (``{"loss": "trades"}`` marks it adversarially trained)."""
+    return save_artifact(net, folder, input_shape=(8, 8, 1), class_names=["a", "b", "c"], arch="linear",
+                         dataset="test", training=training or {}, metrics={})
+
+
 @pytest.fixture(scope="module")
 def linear(tmp_path_factory):
     """The linear problem with an exact answer, and its own model saved as an artifact (a perfect surrogate)."""
     problem = linear_problem()
-    art = save_artifact(problem.model.net, tmp_path_factory.mktemp("linear") / "artifact", input_shape=(8, 8, 1),
-                        class_names=["a", "b", "c"], arch="linear", dataset="test", training={}, metrics={})
+    art = save_linear(problem.model.net, tmp_path_factory.mktemp("linear") / "artifact")
     return problem, art
 
 
@@ -270,8 +276,7 @@ def test_adaptive_bias_learns_per_image_which_surrogate_gradient_to_follow(tmp_p
     problem, right = linear
     flipped = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 3, bias=False))
     flipped[1].weight.data = -problem.model.net[1].weight.data.clone()
-    wrong = save_artifact(flipped, tmp_path / "wrong", input_shape=(8, 8, 1), class_names=["a", "b", "c"],
-                          arch="linear", dataset="test", training={"loss": "trades"}, metrics={})
+    wrong = save_linear(flipped, tmp_path / "wrong", training={"loss": "trades"})
     medians = {}
     for gradient_from in ("all", "robust", "adaptive"):
         attack = BiasedBoundaryAttack(surrogates=(str(right), str(wrong)), gradient_from=gradient_from, freq=1.0,
@@ -320,8 +325,7 @@ def test_targeted_lines_reach_the_targets_nearest_class_when_the_surrogates_near
     weights = problem.model.net[1].weight.detach()
     biased = torch.nn.Linear(weights.shape[1], 3)
     biased.weight.data, biased.bias.data = weights.clone(), torch.tensor([0.0, 0.0, 0.6])
-    art = save_artifact(torch.nn.Sequential(torch.nn.Flatten(), biased), tmp_path / "biased", input_shape=(8, 8, 1),
-                        class_names=["a", "b", "c"], arch="linear", dataset="test", training={}, metrics={})
+    art = save_linear(torch.nn.Sequential(torch.nn.Flatten(), biased), tmp_path / "biased")
 
     def ratios(targets: int) -> np.ndarray:
         model = BudgetedModel(problem.model, problem.images, problem.labels, budget=200)
